@@ -1,0 +1,1 @@
+//! shardtally loadgen: scenarios, embedded clusters, faults, assertions, reports, benchmarks.

@@ -1,0 +1,1 @@
+//! The aggregation engine: synchronous, pure `record` / `drain` producing [`crate::layout::Delta`]s.

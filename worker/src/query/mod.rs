@@ -1,0 +1,1 @@
+//! Siddhi store queries: parsing and evaluation over merged shard rows.

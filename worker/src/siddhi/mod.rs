@@ -1,0 +1,1 @@
+//! Siddhi app parsing: `@app:name`, `define stream`, `define aggregation`, annotations.

@@ -1,0 +1,1 @@
+//! SQL storage on SQLite, PostgreSQL and MySQL/MariaDB.
