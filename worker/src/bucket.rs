@@ -171,22 +171,55 @@ mod tests {
     #[test]
     fn buckets_are_calendar_aligned_in_utc() {
         let t = ms("2024-02-29T13:45:59.999Z");
-        assert_eq!(Granularity::Seconds.bucket_start(t), ms("2024-02-29T13:45:59Z"));
-        assert_eq!(Granularity::Minutes.bucket_start(t), ms("2024-02-29T13:45:00Z"));
-        assert_eq!(Granularity::Hours.bucket_start(t), ms("2024-02-29T13:00:00Z"));
-        assert_eq!(Granularity::Days.bucket_start(t), ms("2024-02-29T00:00:00Z"));
-        assert_eq!(Granularity::Months.bucket_start(t), ms("2024-02-01T00:00:00Z"));
-        assert_eq!(Granularity::Years.bucket_start(t), ms("2024-01-01T00:00:00Z"));
-        assert_eq!(Granularity::Months.next_bucket(ms("2024-02-01T00:00:00Z")), ms("2024-03-01T00:00:00Z"));
-        assert_eq!(Granularity::Months.next_bucket(ms("2024-12-01T00:00:00Z")), ms("2025-01-01T00:00:00Z"));
-        assert_eq!(Granularity::Years.next_bucket(ms("2024-01-01T00:00:00Z")), ms("2025-01-01T00:00:00Z"));
+        assert_eq!(
+            Granularity::Seconds.bucket_start(t),
+            ms("2024-02-29T13:45:59Z")
+        );
+        assert_eq!(
+            Granularity::Minutes.bucket_start(t),
+            ms("2024-02-29T13:45:00Z")
+        );
+        assert_eq!(
+            Granularity::Hours.bucket_start(t),
+            ms("2024-02-29T13:00:00Z")
+        );
+        assert_eq!(
+            Granularity::Days.bucket_start(t),
+            ms("2024-02-29T00:00:00Z")
+        );
+        assert_eq!(
+            Granularity::Months.bucket_start(t),
+            ms("2024-02-01T00:00:00Z")
+        );
+        assert_eq!(
+            Granularity::Years.bucket_start(t),
+            ms("2024-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            Granularity::Months.next_bucket(ms("2024-02-01T00:00:00Z")),
+            ms("2024-03-01T00:00:00Z")
+        );
+        assert_eq!(
+            Granularity::Months.next_bucket(ms("2024-12-01T00:00:00Z")),
+            ms("2025-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            Granularity::Years.next_bucket(ms("2024-01-01T00:00:00Z")),
+            ms("2025-01-01T00:00:00Z")
+        );
     }
 
     #[test]
     fn negative_timestamps_floor() {
         assert_eq!(Granularity::Seconds.bucket_start(-1), -1_000);
-        assert_eq!(Granularity::Years.bucket_start(-1), ms("1969-01-01T00:00:00Z"));
-        assert_eq!(Granularity::Months.bucket_start(-1), ms("1969-12-01T00:00:00Z"));
+        assert_eq!(
+            Granularity::Years.bucket_start(-1),
+            ms("1969-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            Granularity::Months.bucket_start(-1),
+            ms("1969-12-01T00:00:00Z")
+        );
     }
 
     #[test]
