@@ -577,14 +577,13 @@ impl WorkerConfig {
             }
         };
 
-        let duration =
-            |key: &str, flag: &Option<String>, file: Option<&String>, default_ms: u64| match flag
-                .as_ref()
-                .or(file)
-            {
-                Some(text) => parse_duration(key, text),
-                None => Ok(Duration::from_millis(default_ms)),
-            };
+        let duration = |key: &str,
+                        flag: &Option<String>,
+                        file: Option<&String>,
+                        default_ms: u64| match flag.as_ref().or(file) {
+            Some(text) => parse_duration(key, text),
+            None => Ok(Duration::from_millis(default_ms)),
+        };
         let flush_interval = duration(
             "flush-interval",
             &o.flush_interval,

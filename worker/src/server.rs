@@ -1,0 +1,357 @@
+//! The publisher-facing TCP server: accepts connections, runs the handshake, validates batches
+//! and hands them to the ingest task, and writes acks back.
+//!
+//! Every connection is one task. Its lifecycle:
+//!
+//! ```text
+//! accept ─▶ HELLO within handshake_timeout? ─▶ version ok? ─▶ token ok? ─▶ WELCOME
+//!        ─▶ loop { BATCH ─▶ validate ─▶ ingest channel (bounded: a slow database stops reads here)
+//!                 PING ─▶ PONG;  ack/reject from ingest ─▶ ACK/REJECT;  idle too long ─▶ ERROR, close }
+//! ```
+//! A malformed or oversized frame, an unexpected frame kind, a bad version or token: an `ERROR`
+//! frame, then the connection is closed. The worker and its other connections are unaffected.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use shardtally_publisher::protocol::{
+    BatchFrame, ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, ProtocolError, RejectCode,
+    StreamSchema, ValueRef, Welcome,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog::Catalog;
+use crate::ingest::{IncomingBatch, Reply};
+use crate::metrics::Metrics;
+
+/// Limits and identity the server needs.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerSettings {
+    pub(crate) node_id: String,
+    pub(crate) shard_id: String,
+    pub(crate) auth_token: Option<String>,
+    pub(crate) max_frame_len: u32,
+    pub(crate) max_batch_events: u32,
+    pub(crate) max_connections: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    /// Longest string value accepted (what the database columns hold).
+    pub(crate) max_string_len: usize,
+}
+
+struct Shared {
+    catalog: Arc<Catalog>,
+    settings: ServerSettings,
+    metrics: Arc<Metrics>,
+    ingest: mpsc::Sender<IncomingBatch>,
+}
+
+/// Accepts connections until `shutdown`, then waits for the connection tasks to finish.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    catalog: Arc<Catalog>,
+    settings: ServerSettings,
+    metrics: Arc<Metrics>,
+    ingest: mpsc::Sender<IncomingBatch>,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let shared = Arc::new(Shared {
+        catalog,
+        settings,
+        metrics,
+        ingest,
+    });
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        Metrics::add(&shared.metrics.connections_accepted, 1);
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let permit = slots.clone().try_acquire_owned();
+        tracker.spawn(async move {
+            let mut framed = Framed::new(socket, FrameCodec::new(shared.settings.max_frame_len as usize));
+            let Ok(_permit) = permit else {
+                Metrics::add(&shared.metrics.protocol_errors, 1);
+                send_error(&mut framed, ErrorCode::TooManyConnections, "too many connections").await;
+                return;
+            };
+            shared.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+            if let Err(reason) = connection(&shared, &mut framed, peer, &shutdown).await {
+                tracing::debug!(%peer, %reason, "connection closed");
+            }
+            shared.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+type Conn = Framed<TcpStream, FrameCodec>;
+
+async fn send_error(framed: &mut Conn, code: ErrorCode, message: &str) {
+    let frame = Frame::Error {
+        code,
+        message: message.to_owned(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(frame)).await;
+}
+
+/// One connection, from handshake to close. Returns why it closed.
+async fn connection(
+    shared: &Shared,
+    framed: &mut Conn,
+    peer: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let s = &shared.settings;
+    // Handshake.
+    let hello = match tokio::time::timeout(s.handshake_timeout, framed.next()).await {
+        Err(_) => {
+            Metrics::add(&shared.metrics.protocol_errors, 1);
+            send_error(framed, ErrorCode::HandshakeTimeout, "no HELLO within the handshake timeout").await;
+            return Err("handshake timeout".into());
+        }
+        Ok(None) => return Err("closed before HELLO".into()),
+        Ok(Some(Err(e))) => return Err(protocol_error(shared, framed, &e).await),
+        Ok(Some(Ok(Frame::Hello(h)))) => h,
+        Ok(Some(Ok(_))) => {
+            Metrics::add(&shared.metrics.protocol_errors, 1);
+            send_error(framed, ErrorCode::Malformed, "the first frame must be HELLO").await;
+            return Err("first frame was not HELLO".into());
+        }
+    };
+    if hello.version != PROTOCOL_VERSION {
+        Metrics::add(&shared.metrics.protocol_errors, 1);
+        let msg = format!("protocol version {} is not supported; this worker speaks {PROTOCOL_VERSION}", hello.version);
+        send_error(framed, ErrorCode::UnsupportedVersion, &msg).await;
+        return Err(msg);
+    }
+    if let Some(expected) = &s.auth_token {
+        if !constant_time_eq(expected.as_bytes(), hello.auth_token.as_bytes()) {
+            Metrics::add(&shared.metrics.auth_failures, 1);
+            tracing::warn!(%peer, publisher = %hello.publisher_id, "authentication failed");
+            send_error(framed, ErrorCode::AuthFailed, "authentication failed").await;
+            return Err("authentication failed".into());
+        }
+    }
+    if hello.publisher_id.is_empty() || hello.publisher_id.len() > 128 {
+        Metrics::add(&shared.metrics.protocol_errors, 1);
+        send_error(framed, ErrorCode::Malformed, "publisher_id must be 1 to 128 bytes").await;
+        return Err("bad publisher id".into());
+    }
+    let publisher_id: Arc<str> = hello.publisher_id.into();
+    let welcome = Welcome {
+        version: PROTOCOL_VERSION,
+        node_id: s.node_id.clone(),
+        shard_id: s.shard_id.clone(),
+        max_frame_len: s.max_frame_len,
+        max_batch_events: s.max_batch_events,
+        streams: shared.catalog.streams().to_vec(),
+    };
+    framed
+        .send(Frame::Welcome(welcome))
+        .await
+        .map_err(|e| format!("sending WELCOME: {e}"))?;
+    tracing::debug!(%peer, publisher = %publisher_id, "publisher connected");
+
+    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Reply>();
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        let idle_deadline = last_heard + s.idle_timeout;
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                let _ = framed.send(Frame::Goodbye { reason: "worker shutting down".into() }).await;
+                // Acks for what was handed over still arrive until the ingest task's final flush.
+                while let Some(reply) = reply_rx.recv().await {
+                    if framed.send(reply_frame(reply)).await.is_err() { break; }
+                }
+                return Ok(());
+            }
+            Some(reply) = reply_rx.recv() => {
+                framed.send(reply_frame(reply)).await.map_err(|e| format!("write: {e}"))?;
+            }
+            () = tokio::time::sleep_until(idle_deadline) => {
+                Metrics::add(&shared.metrics.protocol_errors, 1);
+                send_error(framed, ErrorCode::IdleTimeout, "no frame within the idle timeout").await;
+                return Err("idle timeout".into());
+            }
+            frame = framed.next() => {
+                last_heard = tokio::time::Instant::now();
+                match frame {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(protocol_error(shared, framed, &e).await),
+                    Some(Ok(Frame::Batch(batch))) => {
+                        match check_batch(shared, &batch) {
+                            Ok((stream, positions)) => {
+                                Metrics::add(&shared.metrics.batches_received, 1);
+                                Metrics::add(&shared.metrics.events_received, u64::from(batch.event_count));
+                                let incoming = IncomingBatch {
+                                    publisher_id: publisher_id.clone(),
+                                    frame: batch,
+                                    stream,
+                                    positions,
+                                    received_ms: jiff::Timestamp::now().as_millisecond(),
+                                    reply: reply_tx.clone(),
+                                };
+                                // Bounded: when the ingest task is behind, this waits, and the
+                                // socket is not read meanwhile (backpressure to the publisher).
+                                if shared.ingest.send(incoming).await.is_err() {
+                                    return Err("ingest stopped".into());
+                                }
+                            }
+                            Err(Check::Reject(code, reason)) => {
+                                Metrics::add(&shared.metrics.batches_rejected, 1);
+                                framed.send(Frame::Reject { seq: batch.seq, code, reason })
+                                    .await.map_err(|e| format!("write: {e}"))?;
+                            }
+                            Err(Check::Malformed(e)) => {
+                                return Err(protocol_error(shared, framed, &e).await);
+                            }
+                        }
+                    }
+                    Some(Ok(Frame::Ping { nonce })) => {
+                        framed.send(Frame::Pong { nonce }).await.map_err(|e| format!("write: {e}"))?;
+                    }
+                    Some(Ok(Frame::Pong { .. })) => {}
+                    Some(Ok(other)) => {
+                        Metrics::add(&shared.metrics.protocol_errors, 1);
+                        let msg = format!("unexpected frame from a publisher: {}", frame_name(&other));
+                        send_error(framed, ErrorCode::Malformed, &msg).await;
+                        return Err(msg);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn protocol_error(shared: &Shared, framed: &mut Conn, e: &ProtocolError) -> String {
+    Metrics::add(&shared.metrics.protocol_errors, 1);
+    let msg = e.to_string();
+    send_error(framed, e.error_code(), &msg).await;
+    msg
+}
+
+fn reply_frame(reply: Reply) -> Frame {
+    match reply {
+        Reply::Ack(seq) => Frame::Ack { seq },
+        Reply::Reject(seq, code, reason) => Frame::Reject { seq, code, reason },
+    }
+}
+
+fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello(_) => "HELLO",
+        Frame::Welcome(_) => "WELCOME",
+        Frame::Batch(_) => "BATCH",
+        Frame::Ack { .. } => "ACK",
+        Frame::Reject { .. } => "REJECT",
+        Frame::Ping { .. } => "PING",
+        Frame::Pong { .. } => "PONG",
+        Frame::Error { .. } => "ERROR",
+        Frame::Goodbye { .. } => "GOODBYE",
+    }
+}
+
+enum Check {
+    /// The batch is well-formed but can never be accepted.
+    Reject(RejectCode, String),
+    /// The bytes are not a valid batch: close the connection.
+    Malformed(ProtocolError),
+}
+
+/// Maps the batch's columns onto the stream schema and checks every value.
+fn check_batch(shared: &Shared, batch: &BatchFrame) -> Result<(usize, Arc<[usize]>), Check> {
+    let catalog = &shared.catalog;
+    let Some(stream) = catalog.stream_index(&batch.stream) else {
+        return Err(Check::Reject(
+            RejectCode::UnknownStream,
+            format!("unknown stream `{}` (this worker's app `{}` defines {})", batch.stream, catalog.name(),
+                catalog.streams().iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")),
+        ));
+    };
+    if batch.event_count > shared.settings.max_batch_events {
+        return Err(Check::Reject(
+            RejectCode::TooLarge,
+            format!("{} events in one batch; the limit is {}", batch.event_count, shared.settings.max_batch_events),
+        ));
+    }
+    let schema: &StreamSchema = &catalog.streams()[stream];
+    let mut positions = Vec::with_capacity(batch.columns.len());
+    for col in &batch.columns {
+        let Some(p) = schema.position(col) else {
+            return Err(Check::Reject(
+                RejectCode::SchemaMismatch,
+                format!("stream `{}` has no attribute `{col}`", schema.name),
+            ));
+        };
+        if positions.contains(&p) {
+            return Err(Check::Reject(RejectCode::SchemaMismatch, format!("attribute `{col}` appears twice")));
+        }
+        positions.push(p);
+    }
+    let mut values: Vec<ValueRef<'_>> = Vec::with_capacity(positions.len());
+    let mut reader = batch.reader();
+    let mut index = 0u32;
+    loop {
+        match reader.next_event(&mut values) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => return Err(Check::Malformed(e)),
+        }
+        for (v, &p) in values.iter().zip(&positions) {
+            if let Err(reason) = schema.check_value(p, *v) {
+                return Err(Check::Reject(RejectCode::SchemaMismatch, format!("event #{index}: {reason}")));
+            }
+            if let ValueRef::String(text) = v {
+                let chars = text.chars().count();
+                if chars > shared.settings.max_string_len {
+                    return Err(Check::Reject(
+                        RejectCode::Invalid,
+                        format!(
+                            "event #{index}: {}.{} is {chars} characters; the store holds at most {}",
+                            schema.name, schema.attributes[p].name, shared.settings.max_string_len
+                        ),
+                    ));
+                }
+            }
+        }
+        index += 1;
+    }
+    if index != batch.event_count {
+        return Err(Check::Malformed(ProtocolError::malformed(format!(
+            "batch announces {} events but holds {index}",
+            batch.event_count
+        ))));
+    }
+    Ok((stream, positions.into()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
