@@ -1,0 +1,316 @@
+//! Real worker processes for end-to-end tests: spawned from the built `shardtally-worker` binary
+//! on loopback port 0, stopped with SIGTERM or killed with SIGKILL; plus a raw protocol client
+//! for tests that need exact control over batch ids.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use shardtally_publisher::protocol::{
+    BatchEncoder, Frame, FrameCodec, Hello, PROTOCOL_VERSION, Value, Welcome,
+};
+use tokio_util::codec::Framed;
+
+/// The worker binary under test.
+pub fn worker_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_shardtally-worker"))
+}
+
+/// A spawned worker process.
+pub struct WorkerProc {
+    child: Child,
+    /// Publisher address.
+    pub listen: SocketAddr,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// Its node id.
+    pub node_id: String,
+    /// Its stderr log.
+    pub log: PathBuf,
+}
+
+/// How a worker that was expected not to start ended.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+fn log_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join("shardtally-it-logs");
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir
+}
+
+/// `serve` arguments for a test worker: port 0, fast flushes and a short lease.
+pub fn serve_args(db_url: &str, node_id: &str) -> Vec<String> {
+    [
+        "serve",
+        "--database-url",
+        db_url,
+        "--node-id",
+        node_id,
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--partition-by-id",
+        "true",
+        "--flush-interval",
+        "50ms",
+        "--lease-ttl",
+        "2s",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+impl WorkerProc {
+    /// Starts a worker and waits (up to 60 s) for its ready line; panics if it exits first.
+    pub fn start(args: &[String]) -> WorkerProc {
+        match WorkerProc::try_start(args, Duration::from_secs(60)) {
+            Ok(w) => w,
+            Err(r) => panic!("worker refused to start ({}): {}", r.status, r.stderr),
+        }
+    }
+
+    /// Starts a worker; `Err` when it exits before becoming ready.
+    pub fn try_start(args: &[String], timeout: Duration) -> Result<WorkerProc, Refused> {
+        let node_id = args
+            .iter()
+            .position(|a| a == "--node-id")
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_default();
+        let log = log_dir().join(format!("{node_id}-{:08x}.log", rand::random::<u32>()));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(worker_bin())
+            .args(args)
+            .env("SHARDTALLY_LOG", "info,shardtally_worker=debug,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn shardtally-worker");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("shardtally-worker ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+                let field = |k: &str| -> SocketAddr {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(k))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_else(|| panic!("bad ready line: {line}"))
+                };
+                return Ok(WorkerProc {
+                    listen: field("listen="),
+                    http: field("http="),
+                    child,
+                    node_id,
+                    log,
+                });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(Refused {
+                    status,
+                    stderr: std::fs::read_to_string(&log).unwrap_or_default(),
+                });
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Refused {
+                    status: ExitStatus::default(),
+                    stderr: format!(
+                        "not ready within {timeout:?}; log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    ),
+                });
+            }
+        }
+    }
+
+    /// `tcp://host:port` of this worker.
+    pub fn endpoint(&self) -> String {
+        format!("tcp://{}", self.listen)
+    }
+
+    /// SIGKILL: a real crash, no flush, no lease release.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // std sends SIGKILL on Unix
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().expect("wait")
+    }
+
+    /// The worker's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a `shardtally-worker` subcommand to completion: (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(worker_bin())
+        .args(args)
+        .env("SHARDTALLY_LOG", "warn")
+        .output()
+        .expect("run shardtally-worker");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `shardtally-worker query --format json` → the records.
+pub fn query_records(db_url: &str, query: &str) -> Vec<Vec<serde_json::Value>> {
+    let (code, out, err) = run_cli(&[
+        "query",
+        "--database-url",
+        db_url,
+        "--partition-by-id",
+        "true",
+        "--format",
+        "json",
+        query,
+    ]);
+    assert_eq!(code, 0, "query failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json output");
+    serde_json::from_value(v["records"].clone()).expect("records")
+}
+
+/// A minimal HTTP/1.1 exchange: (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write http");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read http");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
+    // Bodies are small; axum sends them with Content-Length, not chunked.
+    (status, body.to_owned())
+}
+
+/// A raw protocol client: exact control over publisher id and batch sequence numbers.
+pub struct RawClient {
+    pub framed: Framed<tokio::net::TcpStream, FrameCodec>,
+    pub welcome: Welcome,
+}
+
+impl RawClient {
+    /// Connects and handshakes.
+    pub async fn connect(addr: SocketAddr, publisher_id: &str, token: &str) -> Result<RawClient, Frame> {
+        let socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut framed = Framed::new(socket, FrameCodec::default());
+        framed
+            .send(Frame::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                publisher_id: publisher_id.to_owned(),
+                auth_token: token.to_owned(),
+                client_name: "it".to_owned(),
+            }))
+            .await
+            .expect("send hello");
+        match framed.next().await {
+            Some(Ok(Frame::Welcome(welcome))) => Ok(RawClient { framed, welcome }),
+            Some(Ok(other)) => Err(other),
+            other => panic!("no answer to HELLO: {other:?}"),
+        }
+    }
+
+    /// Sends one batch of `rows` (values in `columns` order).
+    pub async fn send_batch(&mut self, seq: u64, stream: &str, columns: &[&str], rows: &[Vec<Value>]) {
+        let mut enc = BatchEncoder::new(stream, columns).expect("encoder");
+        for row in rows {
+            let refs: Vec<_> = row.iter().map(Value::as_ref).collect();
+            enc.push_event(&refs).expect("push");
+        }
+        let bytes = enc.finish(seq);
+        self.framed.send(bytes).await.expect("send batch");
+    }
+
+    /// The next frame (30 s timeout).
+    pub async fn recv(&mut self) -> Frame {
+        match tokio::time::timeout(Duration::from_secs(30), self.framed.next()).await {
+            Ok(Some(Ok(f))) => f,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+}
+
+/// `n` GeoLocation events for Italy/Naples spread evenly over 2026-11-20 10:00–10:59:59.999 UTC.
+pub fn naples_rows(n: usize) -> Vec<Vec<Value>> {
+    const START: i64 = 1_795_168_800_000; // 2026-11-20T10:00:00Z
+    let n64 = i64::try_from(n).expect("n");
+    (0..n64)
+        .map(|i| {
+            vec![
+                Value::from("PizzaShackAPI"),
+                Value::from("Italy"),
+                Value::from("Naples"),
+                Value::Long(START + i * 3_600_000 / n64),
+            ]
+        })
+        .collect()
+}
+
+/// The GeoLocation stream's columns.
+pub const GEO_COLUMNS: [&str; 4] = ["apiName", "country", "city", "requestTimestamp"];
+
+/// Waits up to `timeout` for `check` to hold, polling.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}
+
+/// Reads up to `max` bytes from a raw socket with a timeout (for garbage-input tests).
+pub fn read_some(s: &mut TcpStream, max: usize) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut buf = vec![0; max];
+    let n = s.read(&mut buf).unwrap_or(0);
+    buf.truncate(n);
+    buf
+}
