@@ -16,9 +16,28 @@ use crate::store::schema::{
 };
 use crate::store::values::{Param, bind_all, cmp_values, decode, seq_from_db, seq_to_db};
 
-/// How long a SQLite connection waits for another writer (another worker process sharing the
-/// file) before giving up with `SQLITE_BUSY`, which is retriable.
-const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
+/// How a [`Store`] connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Pool size (at least 1; an in-memory SQLite database always uses exactly 1).
+    pub max_connections: u32,
+    /// How long getting a connection may take — including connecting at all — before a
+    /// (retriable) error. Default 10 s.
+    pub acquire_timeout: Duration,
+    /// How long a SQLite connection waits for another writer (another worker process sharing the
+    /// file) before giving up with `SQLITE_BUSY`, which is retriable. Default 10 s.
+    pub sqlite_busy_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(10),
+            sqlite_busy_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// The id of one publisher batch: unique per publisher, committed at most once.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,34 +73,48 @@ struct Statement<'a> {
 }
 
 impl Store {
+    /// Connects to `url` with up to `max_connections` connections and the other
+    /// [`StoreOptions`] at their defaults; see [`Store::connect_with`].
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let options = StoreOptions {
+            max_connections,
+            ..StoreOptions::default()
+        };
+        Store::connect_with(url, &options).await
+    }
+
     /// Connects to `url`: `sqlite://path` (created if missing; WAL, a busy timeout and
     /// `synchronous=NORMAL`, so several worker processes can share one file), `sqlite::memory:`
-    /// (one connection), `postgres://`, `postgresql://`, `mysql://` or `mariadb://`.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+    /// (one connection), `postgres://`, `postgresql://`, `mysql://` or `mariadb://`. Fails after
+    /// `options.acquire_timeout` when the database cannot be reached (retriable).
+    pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
         let (url, memory) = match backend {
             Backend::Sqlite => sqlite_url(url),
             Backend::Postgres | Backend::MySql => (url.to_owned(), false),
         };
-        let mut options = AnyPoolOptions::new().max_connections(max_connections.max(1));
+        let busy_ms = options.sqlite_busy_timeout.as_millis();
+        let mut pool_options = AnyPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout);
         if memory {
             // Every connection to `:memory:` is a database of its own: keep exactly one, forever.
-            options = options
+            pool_options = pool_options
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None);
         }
-        let options = options.after_connect(move |conn, _meta| {
+        let pool_options = pool_options.after_connect(move |conn, _meta| {
             Box::pin(async move {
-                for statement in session_setup(backend) {
+                for statement in session_setup(backend, busy_ms) {
                     sqlx::Executor::execute(&mut *conn, statement.as_str()).await?;
                 }
                 Ok(())
             })
         });
-        let pool = options
+        let pool = pool_options
             .connect(&url)
             .await
             .map_err(|source| StoreError::Connect { backend, source })?;
@@ -476,10 +509,13 @@ fn sqlite_url(url: &str) -> (String, bool) {
 }
 
 /// Statements run on every new connection.
-fn session_setup(backend: Backend) -> Vec<String> {
+fn session_setup(backend: Backend, sqlite_busy_ms: u128) -> Vec<String> {
     match backend {
         Backend::Sqlite => vec![
-            format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"),
+            format!(
+                "PRAGMA busy_timeout = {}",
+                sqlite_busy_ms.min(2_147_483_647)
+            ),
             "PRAGMA journal_mode = WAL".into(),
             "PRAGMA synchronous = NORMAL".into(),
         ],

@@ -423,11 +423,18 @@ impl Dialect {
                 s.push(", ");
             }
             first = false;
-            if self.backend == Backend::MySql && c.sql_type == SqlType::Bool {
-                // The Any driver cannot decode TINYINT.
-                s.push("CAST(").ident(&c.name).push(" AS SIGNED)");
-            } else {
-                s.ident(&c.name);
+            // The Any driver decodes neither MySQL's TINYINT nor a SQLite column declared
+            // BOOLEAN: read booleans as integers there.
+            match (self.backend, c.sql_type) {
+                (Backend::MySql, SqlType::Bool) => {
+                    s.push("CAST(").ident(&c.name).push(" AS SIGNED)");
+                }
+                (Backend::Sqlite, SqlType::Bool) => {
+                    s.push("CAST(").ident(&c.name).push(" AS INTEGER)");
+                }
+                _ => {
+                    s.ident(&c.name);
+                }
             }
         }
         s.push(" FROM ")
@@ -872,10 +879,10 @@ mod tests {
     }
 
     #[test]
-    fn fetch_casts_mysql_booleans() {
+    fn fetch_casts_booleans_where_needed() {
         use crate::layout::Column;
         use shardtally_publisher::protocol::AttrType;
-        let [_, pg, mysql] = dialects();
+        let [sqlite, pg, mysql] = dialects();
         let mut layout = geo_layout();
         layout.latest.push(Column {
             name: "ok".into(),
@@ -892,6 +899,11 @@ mod tests {
         assert!(
             pg.fetch(&def)
                 .contains("\"ok\", \"AGG_LAST_EVENT_TIMESTAMP\"")
+        );
+        assert!(
+            sqlite
+                .fetch(&def)
+                .contains("CAST(\"ok\" AS INTEGER), \"AGG_LAST_EVENT_TIMESTAMP\"")
         );
     }
 

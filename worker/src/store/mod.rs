@@ -38,7 +38,7 @@ mod schema;
 mod shard;
 mod values;
 
-pub use db::{BatchId, CommitOutcome, Store};
+pub use db::{BatchId, CommitOutcome, Store, StoreOptions};
 pub use dialect::Backend;
 pub use error::{StoreError, ValueError};
 pub use schema::{
