@@ -9,12 +9,15 @@
 //!
 //! - Non-key strings (latest values, string min/max): [`STRING_MAX_CHARS`] = 254.
 //! - `SHARD_ID`: [`SHARD_ID_MAX_CHARS`] = 20.
-//! - Group-by strings: 254, or less when the aggregation has more than two string group-by
-//!   columns: the primary key must fit InnoDB's 3072-byte key limit at 4 bytes per `utf8mb4`
-//!   character, and [`key_string_chars`] shares what is left after `AGG_TIMESTAMP`, `SHARD_ID`,
-//!   `AGG_EVENT_TIMESTAMP` (always reserved, so `migrate --add-shard-id` never overflows it) and
-//!   the non-string keys equally among the string keys. Three string keys get 248 characters each,
-//!   four 186, six 124. The same `n` is used on every backend, so all three accept the same data.
+//! - Group-by strings: 254, or less when the aggregation has three or more string group-by
+//!   columns. The primary key must fit both PostgreSQL's largest B-tree entry
+//!   ([`POSTGRES_MAX_INDEX_ROW_BYTES`], 2704 bytes) and InnoDB's key limit
+//!   ([`MYSQL_MAX_KEY_BYTES`], 3072 bytes), counting 4 bytes per character (UTF-8 / `utf8mb4`
+//!   worst case) plus 12 bytes of header and alignment per column. [`key_string_chars`] shares
+//!   what is left after `AGG_TIMESTAMP`, `SHARD_ID` and `AGG_EVENT_TIMESTAMP` (always reserved,
+//!   so `migrate --add-shard-id` never overflows it) and the non-string keys equally among the
+//!   string keys: two string keys get 254 characters each, three 209, four 156, six 103. The same
+//!   length is used on every backend, so all three accept the same data.
 //! - Publisher, node and instance ids: [`ID_MAX_CHARS`] = 128.
 //!
 //! # Null group-by values
@@ -37,6 +40,8 @@ pub const STRING_MAX_CHARS: usize = 254;
 pub const ID_MAX_CHARS: usize = 128;
 /// InnoDB's maximum index key length in bytes (DYNAMIC/COMPRESSED row formats).
 pub const MYSQL_MAX_KEY_BYTES: usize = 3072;
+/// PostgreSQL's largest B-tree index entry in bytes (8 KiB pages, B-tree version 4).
+pub const POSTGRES_MAX_INDEX_ROW_BYTES: usize = 2704;
 /// Longest table or column name: PostgreSQL truncates identifiers beyond 63 bytes.
 pub const MAX_IDENTIFIER_BYTES: usize = 63;
 
@@ -51,9 +56,19 @@ pub(crate) const AGG_LAST_EVENT_TIMESTAMP: &str = "AGG_LAST_EVENT_TIMESTAMP";
 /// `AGG_COUNT`.
 pub(crate) const AGG_COUNT: &str = "AGG_COUNT";
 
-/// Bytes of the always-reserved fixed part of a primary key: `AGG_TIMESTAMP` (8), `SHARD_ID`
-/// (20 × 4) and `AGG_EVENT_TIMESTAMP` (8).
-const FIXED_KEY_BYTES: usize = 8 + SHARD_ID_MAX_CHARS * 4 + 8;
+/// Worst-case bytes a key column costs beyond its data in a PostgreSQL index entry: a 4-byte
+/// varlena header and up to 7 bytes of alignment padding, rounded up.
+const KEY_COLUMN_OVERHEAD: usize = 12;
+/// Bytes a primary key may use: the tighter of the two limits, less PostgreSQL's 8-byte index
+/// tuple header and 16 bytes of slack.
+const KEY_BUDGET_BYTES: usize = min(POSTGRES_MAX_INDEX_ROW_BYTES, MYSQL_MAX_KEY_BYTES) - 24;
+/// Bytes of the always-reserved part of a primary key: `AGG_TIMESTAMP` (8), `SHARD_ID` (20 × 4)
+/// and `AGG_EVENT_TIMESTAMP` (8), each with its overhead.
+const FIXED_KEY_BYTES: usize = 8 + SHARD_ID_MAX_CHARS * 4 + 8 + 3 * KEY_COLUMN_OVERHEAD;
+
+const fn min(a: usize, b: usize) -> usize {
+    if a < b { a } else { b }
+}
 
 /// Which column of a layout a value is destined for (see [`check_value`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +91,12 @@ pub fn key_string_chars(layout: &Layout) -> usize {
     if string_keys == 0 {
         return STRING_MAX_CHARS;
     }
-    let other_bytes: usize = layout.keys.iter().map(|c| fixed_width_bytes(c.ty)).sum();
-    let budget = MYSQL_MAX_KEY_BYTES.saturating_sub(FIXED_KEY_BYTES + other_bytes);
+    let other_bytes: usize = layout
+        .keys
+        .iter()
+        .map(|c| fixed_width_bytes(c.ty) + KEY_COLUMN_OVERHEAD)
+        .sum();
+    let budget = KEY_BUDGET_BYTES.saturating_sub(FIXED_KEY_BYTES + other_bytes);
     (budget / (4 * string_keys)).min(STRING_MAX_CHARS)
 }
 
@@ -472,25 +491,30 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn key_strings_fit_the_mysql_key_limit() {
+    fn key_strings_fit_the_key_limits() {
         let mut layout = geo_layout();
         assert_eq!(key_string_chars(&layout), 254);
         layout.keys.push(col("region", AttrType::String));
-        // (3072 - 96) / 12 = 248
-        assert_eq!(key_string_chars(&layout), 248);
+        // (2680 - 132 - 3 × 12) / 12 = 209
+        assert_eq!(key_string_chars(&layout), 209);
         layout.keys.push(col("zone", AttrType::String));
-        assert_eq!(key_string_chars(&layout), 186);
+        assert_eq!(key_string_chars(&layout), 156);
         layout.keys.push(col("n", AttrType::Long));
-        // (3072 - 96 - 8) / 16 = 185
-        assert_eq!(key_string_chars(&layout), 185);
-        for k in 4..=24 {
+        // (2680 - 132 - 20 - 4 × 12) / 16 = 155
+        assert_eq!(key_string_chars(&layout), 155);
+        for k in 1..=40 {
             let mut l = geo_layout();
             l.keys = (0..k)
                 .map(|i| col(&format!("k{i}"), AttrType::String))
                 .collect();
             l.keys.push(col("n", AttrType::Double));
-            let total = FIXED_KEY_BYTES + 8 + 4 * k * key_string_chars(&l);
-            assert!(total <= MYSQL_MAX_KEY_BYTES, "{k} keys: {total} bytes");
+            let n = key_string_chars(&l);
+            // MySQL: data bytes only.
+            let mysql = 8 + 80 + 8 + 8 + 4 * k * n;
+            assert!(mysql <= MYSQL_MAX_KEY_BYTES, "{k} keys: {mysql} bytes");
+            // PostgreSQL: tuple header, then each column padded to 8 with a 4-byte header.
+            let pg = 8 + 8 + (4 + 80 + 7) + 8 + k * (4 + 4 * n + 7) + 8;
+            assert!(pg <= POSTGRES_MAX_INDEX_ROW_BYTES, "{k} keys: {pg} bytes");
         }
     }
 

@@ -643,7 +643,7 @@ async fn duplicate_batches_write_nothing() {
         let y = batch("gw-1", 7);
         let z = batch("gw-2", 7);
         assert_eq!(
-            commit(&store, "n1", &[x.clone()], &layout, &d).await,
+            commit(&store, "n1", std::slice::from_ref(&x), &layout, &d).await,
             CommitOutcome::Committed
         );
 
@@ -1186,11 +1186,11 @@ async fn strings_round_trip_verbatim() {
         };
         let weird = batch("gw-'\"\\🍕", 1);
         assert_eq!(
-            commit(&store, "n1'🍕", &[weird.clone()], &layout, &d).await,
+            commit(&store, "n1'🍕", std::slice::from_ref(&weird), &layout, &d).await,
             CommitOutcome::Committed
         );
         assert_eq!(
-            commit(&store, "n1'🍕", &[weird.clone()], &layout, &d).await,
+            commit(&store, "n1'🍕", std::slice::from_ref(&weird), &layout, &d).await,
             CommitOutcome::Duplicates(vec![weird.clone()])
         );
         let mut got: Vec<AggRow> = all_rows(&store, &layout, Granularity::Hours)
@@ -1482,4 +1482,80 @@ async fn a_busy_sqlite_file_is_retriable() {
     other.close().await.unwrap();
     store.close().await;
     db.cleanup().await;
+}
+
+#[tokio::test]
+async fn wide_keys_fit_the_key_limit_on_every_backend() {
+    on_every_backend(|db| async move {
+        // Six string keys and a double: each string key gets (2680 - 132 - 20 - 6 × 12) / 24 = 102.
+        let mut layout = geo(false);
+        layout.aggregation = "WideAgg".into();
+        layout.keys = (0..6)
+            .map(|i| col(&format!("k{i}"), AttrType::String))
+            .collect();
+        layout.keys.push(col("x", AttrType::Double));
+        let n = shardtally_worker::store::key_string_chars(&layout);
+        assert_eq!(n, 102);
+        let store = db.store().await;
+        schema(&store, std::slice::from_ref(&layout)).await;
+        let t = ms("2026-11-20T10:00:00Z");
+        let longest = "🍕".repeat(n);
+        let mut keys: Vec<Value> = (0..6).map(|_| Value::from(longest.as_str())).collect();
+        keys.push(Value::Double(0.5));
+        let row = AggRow {
+            bucket: Granularity::Seconds.bucket_start(t),
+            keys: keys.clone(),
+            last_event_ts: t,
+            latest: vec![Value::Null],
+            count: 1,
+            measures: vec![Value::Null; 3],
+        };
+        let d = Delta {
+            rows: vec![(Granularity::Seconds, vec![row.clone()])],
+        };
+        commit(&store, "n1", &[batch("p", 1)], &layout, &d).await;
+
+        // One character more is refused before reaching the database.
+        let mut too_wide = row.clone();
+        too_wide.keys[5] = Value::from(format!("{longest}!"));
+        let d2 = Delta {
+            rows: vec![(Granularity::Seconds, vec![too_wide])],
+        };
+        match store
+            .commit("n1", &[batch("p", 2)], &[(&layout, &d2)])
+            .await
+        {
+            Err(StoreError::InvalidValue { column, source, .. }) => {
+                assert_eq!(column, "k5");
+                assert_eq!(
+                    source,
+                    ValueError::TooLong {
+                        max_chars: 102,
+                        chars: 103
+                    }
+                );
+            }
+            other => panic!("{:?}: {other:?}", db.backend),
+        }
+
+        // SHARD_ID still fits in the key after the migration.
+        let mut partitioned = layout.clone();
+        partitioned.partitioned = true;
+        let migrated = store
+            .add_shard_id(std::slice::from_ref(&partitioned), "n1")
+            .await;
+        assert_eq!(migrated.unwrap().len(), 6, "{:?}", db.backend);
+        schema(&store, std::slice::from_ref(&partitioned)).await;
+        let rows = all_rows(&store, &partitioned, Granularity::Seconds).await;
+        assert_eq!(
+            rows,
+            vec![StoredRow {
+                shard_id: Some("n1".into()),
+                row
+            }]
+        );
+        store.close().await;
+        db
+    })
+    .await;
 }

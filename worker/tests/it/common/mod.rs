@@ -2,7 +2,8 @@
 //!
 //! SQLite gets a file in a new temporary directory; PostgreSQL and MySQL get
 //! `CREATE DATABASE st_<random>` on the server named by the environment URL. [`TestDb::cleanup`]
-//! removes it; a test that fails before cleaning up leaves it behind for inspection.
+//! removes it; a test that fails before cleaning up leaves it behind for inspection, and
+//! `SHARDTALLY_TEST_KEEP_DB=1` keeps every one.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -122,8 +123,13 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("connect to {}: {e:?}", self.url))
     }
 
-    /// Removes the database. Close its stores first.
+    /// Removes the database (close its stores first), unless `SHARDTALLY_TEST_KEEP_DB=1` asks to
+    /// keep it for inspection.
     pub async fn cleanup(self) {
+        if std::env::var("SHARDTALLY_TEST_KEEP_DB").is_ok_and(|v| v == "1") {
+            eprintln!("note: keeping test database {}", self.url);
+            return;
+        }
         match self.cleanup {
             Cleanup::Dir(dir) => {
                 std::fs::remove_dir_all(&dir).ok();
