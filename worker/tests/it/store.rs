@@ -1559,3 +1559,33 @@ async fn wide_keys_fit_the_key_limit_on_every_backend() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn in_memory_sqlite_keeps_one_database() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<Store>();
+
+    // However many connections are asked for, `:memory:` must stay one database.
+    let store = Store::connect("sqlite::memory:", 8).await.unwrap();
+    assert_eq!(store.backend(), Backend::Sqlite);
+    let layout = geo(true);
+    schema(&store, std::slice::from_ref(&layout)).await;
+    let t = ms("2026-11-20T10:00:00Z");
+    let d = everywhere(&layout, t, |b| {
+        geo_row(b, "Italy", "Naples", t, None, 2, None, None, None)
+    });
+    let clones = [store.clone(), store.clone(), store.clone()];
+    let commits = clones.iter().zip(1u64..).map(|(s, seq)| {
+        let (layout, d) = (&layout, &d);
+        async move { commit_retrying(s, "n1", &batch("p", seq), layout, d).await }
+    });
+    let outcomes = futures_util::future::join_all(commits).await;
+    assert!(outcomes.iter().all(|o| *o == CommitOutcome::Committed));
+    assert_eq!(
+        all_rows(&store, &layout, Granularity::Hours).await[0]
+            .row
+            .count,
+        6
+    );
+    store.close().await;
+}
