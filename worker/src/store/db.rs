@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use shardtally_publisher::protocol::Value;
 use sqlx::AnyPool;
 use sqlx::Row;
 use sqlx::any::AnyPoolOptions;
@@ -12,7 +13,7 @@ use crate::layout::{AggRow, Delta, Layout, StoredRow};
 use crate::store::dialect::{Backend, Dialect, MYSQL_COLLATIONS};
 use crate::store::error::StoreError;
 use crate::store::schema::{
-    ID_MAX_CHARS, Role, SHARD_ID_MAX_CHARS, SqlType, TableDef, check_id, check_typed,
+    ColumnDef, ID_MAX_CHARS, Role, SHARD_ID_MAX_CHARS, SqlType, TableDef, check_id, check_typed,
 };
 use crate::store::values::{Param, bind_all, cmp_values, decode, seq_from_db, seq_to_db};
 
@@ -408,11 +409,7 @@ fn check_row(def: &TableDef, layout: &Layout, row: &AggRow) -> Result<(), StoreE
 }
 
 /// Checks `value` against column `c` and makes it a parameter.
-fn param_of<'a>(
-    def: &TableDef,
-    c: &crate::store::schema::ColumnDef,
-    value: &'a shardtally_publisher::protocol::Value,
-) -> Result<Param<'a>, StoreError> {
+fn param_of<'a>(def: &TableDef, c: &ColumnDef, value: &'a Value) -> Result<Param<'a>, StoreError> {
     let max_chars = match c.sql_type {
         SqlType::Varchar(n) => n,
         _ => 0,
@@ -452,8 +449,8 @@ fn decode_row(
             column: c.name.clone(),
             problem,
         })?;
-        let not_null = |v: shardtally_publisher::protocol::Value| match v {
-            shardtally_publisher::protocol::Value::Null => Err(StoreError::Decode {
+        let not_null = |v: Value| match v {
+            Value::Null => Err(StoreError::Decode {
                 table: def.name.clone(),
                 column: c.name.clone(),
                 problem: "null in a NOT NULL column".into(),
@@ -461,7 +458,7 @@ fn decode_row(
             v => Ok(v),
         };
         let long = |v| match not_null(v)? {
-            shardtally_publisher::protocol::Value::Long(x) => Ok(x),
+            Value::Long(x) => Ok(x),
             other => Err(StoreError::Decode {
                 table: def.name.clone(),
                 column: c.name.clone(),
@@ -471,7 +468,7 @@ fn decode_row(
         match c.role {
             Role::Timestamp => row.bucket = long(value)?,
             Role::Shard => match not_null(value)? {
-                shardtally_publisher::protocol::Value::String(s) => shard_id = Some(s),
+                Value::String(s) => shard_id = Some(s),
                 other => {
                     return Err(StoreError::Decode {
                         table: def.name.clone(),
