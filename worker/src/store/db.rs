@@ -1,0 +1,587 @@
+//! [`Store`]: the connection pool, the exactly-once commit of a flush, reads and purges.
+
+use std::time::Duration;
+
+use shardtally_publisher::protocol::Value;
+use sqlx::AnyPool;
+use sqlx::Row;
+use sqlx::any::AnyPoolOptions;
+use tracing::debug;
+
+use crate::bucket::Granularity;
+use crate::layout::{AggRow, Delta, Layout, StoredRow};
+use crate::store::dialect::{Backend, Dialect, MYSQL_COLLATIONS};
+use crate::store::error::StoreError;
+use crate::store::schema::{
+    ColumnDef, ID_MAX_CHARS, Role, SHARD_ID_MAX_CHARS, SqlType, TableDef, check_id, check_typed,
+};
+use crate::store::values::{Param, bind_all, cmp_values, decode, seq_from_db, seq_to_db};
+
+/// How a [`Store`] connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Pool size (at least 1; an in-memory SQLite database always uses exactly 1).
+    pub max_connections: u32,
+    /// How long getting a connection may take — including connecting at all — before a
+    /// (retriable) error. Default 10 s.
+    pub acquire_timeout: Duration,
+    /// How long a SQLite connection waits for another writer (another worker process sharing the
+    /// file) before giving up with `SQLITE_BUSY`, which is retriable. Default 10 s.
+    pub sqlite_busy_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(10),
+            sqlite_busy_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The id of one publisher batch: unique per publisher, committed at most once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchId {
+    /// The publisher's id (at most [`ID_MAX_CHARS`] characters).
+    pub publisher_id: String,
+    /// The batch's sequence number within that publisher.
+    pub seq: u64,
+}
+
+/// What [`Store::commit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Every batch id was recorded and every delta added, atomically.
+    Committed,
+    /// Nothing was written: these batch ids are already committed (by this or another worker).
+    /// The caller drops them — their events are already counted — and commits the rest again.
+    Duplicates(Vec<BatchId>),
+}
+
+/// A handle on the shared database: cheap to clone (the pool is shared).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) pool: AnyPool,
+    pub(crate) dialect: Dialect,
+}
+
+/// A statement to run inside the commit transaction.
+struct Statement<'a> {
+    sql: String,
+    params: Vec<Param<'a>>,
+    context: String,
+}
+
+impl Store {
+    /// Connects to `url` with up to `max_connections` connections and the other
+    /// [`StoreOptions`] at their defaults; see [`Store::connect_with`].
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let options = StoreOptions {
+            max_connections,
+            ..StoreOptions::default()
+        };
+        Store::connect_with(url, &options).await
+    }
+
+    /// Connects to `url`: `sqlite://path` (created if missing; WAL, a busy timeout and
+    /// `synchronous=NORMAL`, so several worker processes can share one file), `sqlite::memory:`
+    /// (one connection), `postgres://`, `postgresql://`, `mysql://` or `mariadb://`. Fails after
+    /// `options.acquire_timeout` when the database cannot be reached (retriable).
+    pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        let (url, memory) = match backend {
+            Backend::Sqlite => sqlite_url(url),
+            Backend::Postgres | Backend::MySql => (url.to_owned(), false),
+        };
+        let busy_ms = options.sqlite_busy_timeout.as_millis();
+        let mut pool_options = AnyPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout);
+        if memory {
+            // Every connection to `:memory:` is a database of its own: keep exactly one, forever.
+            pool_options = pool_options
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool_options = pool_options.after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                for statement in session_setup(backend, busy_ms) {
+                    sqlx::Executor::execute(&mut *conn, statement.as_str()).await?;
+                }
+                Ok(())
+            })
+        });
+        let pool = pool_options
+            .connect(&url)
+            .await
+            .map_err(|source| StoreError::Connect { backend, source })?;
+        let mut dialect = Dialect::new(backend);
+        if backend == Backend::MySql {
+            dialect.mysql_collation = mysql_collation(&pool).await?;
+        }
+        debug!(%backend, collation = dialect.mysql_collation, "connected to the database");
+        Ok(Store { pool, dialect })
+    }
+
+    /// The kind of database connected to.
+    pub fn backend(&self) -> Backend {
+        self.dialect.backend
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::raw_sql("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::db("pinging the database"))?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Commits one flush in ONE transaction: a plain INSERT of `batches` into the dedup table,
+    /// then the deltas added to every layout's tables (partitioned layouts write
+    /// `SHARD_ID = shard_id`). If any batch id is already committed — by anyone, possibly
+    /// concurrently — the transaction is rolled back and [`CommitOutcome::Duplicates`] names
+    /// those ids; nothing is written.
+    ///
+    /// Deltas add to stored rows: `AGG_COUNT` and sums add, min/max keep the extreme (null
+    /// loses), latest values and `AGG_LAST_EVENT_TIMESTAMP` are replaced when the incoming
+    /// `AGG_LAST_EVENT_TIMESTAMP` is `>=` the stored one (the rule of
+    /// [`AggRow::merge`]). Every value is checked before the transaction starts
+    /// ([`StoreError::InvalidValue`]). Within one granularity of one delta each
+    /// `(bucket, keys)` must appear once.
+    pub async fn commit(
+        &self,
+        shard_id: &str,
+        batches: &[BatchId],
+        deltas: &[(&Layout, &Delta)],
+    ) -> Result<CommitOutcome, StoreError> {
+        check_id("shard id", shard_id, SHARD_ID_MAX_CHARS)?;
+        // A stable order of ids (and of rows below) keeps concurrent writers from deadlocking.
+        let mut ids: Vec<&BatchId> = batches.iter().collect();
+        ids.sort();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(StoreError::DuplicateBatchInCommit {
+                publisher_id: w[0].publisher_id.clone(),
+                seq: w[0].seq,
+            });
+        }
+        for id in &ids {
+            check_id("publisher id", &id.publisher_id, ID_MAX_CHARS)?;
+        }
+
+        let mut statements = Vec::new();
+        for chunk in ids.chunks(self.dialect.rows_per_statement(3)) {
+            let mut params = Vec::with_capacity(chunk.len() * 3);
+            for id in chunk {
+                params.push(Param::Str(&id.publisher_id));
+                params.push(Param::Long(seq_to_db(id.seq)));
+                params.push(Param::Str(shard_id));
+            }
+            statements.push(Statement {
+                sql: self.dialect.insert_batches(chunk.len()),
+                params,
+                context: "recording batch ids".into(),
+            });
+        }
+        let batch_statements = statements.len();
+        for (layout, delta) in deltas {
+            self.upsert_statements(layout, delta, shard_id, &mut statements)?;
+        }
+        if statements.is_empty() {
+            return Ok(CommitOutcome::Committed);
+        }
+
+        let mut tx = self
+            .pool
+            .begin_with(self.dialect.begin())
+            .await
+            .map_err(StoreError::db("starting the commit transaction"))?;
+        for (i, st) in statements.iter().enumerate() {
+            let result = bind_all(sqlx::query(&st.sql), &st.params)
+                .execute(&mut *tx)
+                .await;
+            if let Err(source) = result {
+                let err = StoreError::Database {
+                    context: st.context.clone(),
+                    source,
+                };
+                // A failed rollback only matters to the connection, which the pool then drops.
+                let _ = tx.rollback().await;
+                if i < batch_statements && err.is_unique_violation() {
+                    let duplicates = self.committed_among(&ids).await?;
+                    debug!(
+                        count = duplicates.len(),
+                        "commit refused: batches already committed"
+                    );
+                    return Ok(CommitOutcome::Duplicates(duplicates));
+                }
+                return Err(err);
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing the flush"))?;
+        Ok(CommitOutcome::Committed)
+    }
+
+    /// Builds the upserts of one delta: checks every row, sorts it into primary-key order, and
+    /// chunks it under the backend's bind-parameter limit.
+    fn upsert_statements<'a>(
+        &self,
+        layout: &'a Layout,
+        delta: &'a Delta,
+        shard_id: &'a str,
+        out: &mut Vec<Statement<'a>>,
+    ) -> Result<(), StoreError> {
+        for (granularity, rows) in &delta.rows {
+            if rows.is_empty() {
+                continue;
+            }
+            if !layout.granularities.contains(granularity) {
+                return Err(StoreError::GranularityNotKept {
+                    aggregation: layout.aggregation.clone(),
+                    granularity: *granularity,
+                });
+            }
+            let def = TableDef::new(layout, *granularity, layout.partitioned)?;
+            for row in rows {
+                check_row(&def, layout, row)?;
+            }
+            let mut sorted: Vec<&AggRow> = rows.iter().collect();
+            sorted.sort_by(|a, b| {
+                a.bucket.cmp(&b.bucket).then_with(|| {
+                    a.keys
+                        .iter()
+                        .zip(&b.keys)
+                        .map(|(x, y)| cmp_values(x, y))
+                        .find(|o| o.is_ne())
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                })
+            });
+            debug_assert!(
+                sorted.windows(2).all(|w| w[0].bucket != w[1].bucket
+                    || w[0]
+                        .keys
+                        .iter()
+                        .zip(&w[1].keys)
+                        .any(|(x, y)| cmp_values(x, y).is_ne())),
+                "a delta for {} holds one (bucket, keys) twice",
+                def.name
+            );
+            for chunk in sorted.chunks(self.dialect.rows_per_statement(def.columns.len())) {
+                let mut params = Vec::with_capacity(chunk.len() * def.columns.len());
+                for row in chunk {
+                    for c in &def.columns {
+                        let param = match c.role {
+                            Role::Timestamp | Role::EventTimestamp => Param::Long(row.bucket),
+                            Role::Shard => Param::Str(shard_id),
+                            Role::LastEventTimestamp => Param::Long(row.last_event_ts),
+                            Role::Count => Param::Long(row.count),
+                            Role::Key(i) => param_of(&def, c, &row.keys[i])?,
+                            Role::Latest(i) => param_of(&def, c, &row.latest[i])?,
+                            Role::Measure(i, _) => param_of(&def, c, &row.measures[i])?,
+                        };
+                        params.push(param);
+                    }
+                }
+                out.push(Statement {
+                    sql: self.dialect.upsert(&def, chunk.len()),
+                    params,
+                    context: format!("adding deltas to {}", def.name),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Which of `ids` are in the dedup table.
+    async fn committed_among(&self, ids: &[&BatchId]) -> Result<Vec<BatchId>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(self.dialect.rows_per_statement(2)) {
+            let sql = self.dialect.select_batches(chunk.len());
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.publisher_id.as_str()).bind(seq_to_db(id.seq));
+            }
+            let rows = q
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::db("reading committed batch ids"))?;
+            for row in rows {
+                let publisher_id: String = row
+                    .try_get(0)
+                    .map_err(StoreError::db("reading committed batch ids"))?;
+                let seq: i64 = row
+                    .try_get(1)
+                    .map_err(StoreError::db("reading committed batch ids"))?;
+                found.push(BatchId {
+                    publisher_id,
+                    seq: seq_from_db(seq),
+                });
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Every shard's rows of `layout` at granularity `per` with `AGG_TIMESTAMP` in
+    /// `[start_ms, end_ms)`, in primary-key order (bucket, shard, keys; keys in the backend's
+    /// collation — callers needing a particular key order sort themselves).
+    pub async fn fetch(
+        &self,
+        layout: &Layout,
+        per: Granularity,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<StoredRow>, StoreError> {
+        if !layout.granularities.contains(&per) {
+            return Err(StoreError::GranularityNotKept {
+                aggregation: layout.aggregation.clone(),
+                granularity: per,
+            });
+        }
+        let def = TableDef::new(layout, per, layout.partitioned)?;
+        let sql = self.dialect.fetch(&def);
+        let rows = sqlx::query(&sql)
+            .bind(start_ms)
+            .bind(end_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::db(format!("reading {}", def.name)))?;
+        rows.iter().map(|r| decode_row(&def, layout, r)).collect()
+    }
+
+    /// Deletes the rows of one granularity with `AGG_TIMESTAMP < before_ms`; returns how many.
+    pub async fn purge(
+        &self,
+        layout: &Layout,
+        granularity: Granularity,
+        before_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let def = TableDef::new(layout, granularity, layout.partitioned)?;
+        let result = sqlx::query(&self.dialect.purge(&def.name))
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::db(format!("purging {}", def.name)))?;
+        Ok(result.rows_affected())
+    }
+
+    /// Deletes dedup records committed (by the database clock) before `committed_before_ms`;
+    /// returns how many. A batch re-sent after its record is purged is counted again: the dedup
+    /// window must exceed the longest a publisher may keep re-sending.
+    pub async fn purge_dedup(&self, committed_before_ms: i64) -> Result<u64, StoreError> {
+        let result = sqlx::query(&self.dialect.purge_batches())
+            .bind(committed_before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::db("purging batch ids"))?;
+        Ok(result.rows_affected())
+    }
+}
+
+/// Checks a row's shape against its layout.
+fn check_row(def: &TableDef, layout: &Layout, row: &AggRow) -> Result<(), StoreError> {
+    for (what, expected, got) in [
+        ("keys", layout.keys.len(), row.keys.len()),
+        ("latest values", layout.latest.len(), row.latest.len()),
+        ("measures", layout.measures.len(), row.measures.len()),
+    ] {
+        if expected != got {
+            return Err(StoreError::RowShape {
+                table: def.name.clone(),
+                what,
+                expected,
+                got,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks `value` against column `c` and makes it a parameter.
+fn param_of<'a>(def: &TableDef, c: &ColumnDef, value: &'a Value) -> Result<Param<'a>, StoreError> {
+    let max_chars = match c.sql_type {
+        SqlType::Varchar(n) => n,
+        _ => 0,
+    };
+    let key = matches!(c.role, Role::Key(_));
+    check_typed(c.ty, max_chars, key, value.as_ref())
+        .and_then(|()| Param::of(c.ty, value))
+        .map_err(|source| StoreError::InvalidValue {
+            table: def.name.clone(),
+            column: c.name.clone(),
+            source,
+        })
+}
+
+/// Decodes one fetched row (the columns of [`Dialect::fetch`]).
+fn decode_row(
+    def: &TableDef,
+    layout: &Layout,
+    r: &sqlx::any::AnyRow,
+) -> Result<StoredRow, StoreError> {
+    let mut row = AggRow {
+        bucket: 0,
+        keys: vec![Default::default(); layout.keys.len()],
+        last_event_ts: 0,
+        latest: vec![Default::default(); layout.latest.len()],
+        count: 0,
+        measures: vec![Default::default(); layout.measures.len()],
+    };
+    let mut shard_id = None;
+    let columns = def
+        .columns
+        .iter()
+        .filter(|c| c.role != Role::EventTimestamp);
+    for (i, c) in columns.enumerate() {
+        let value = decode(r, i, c.ty).map_err(|problem| StoreError::Decode {
+            table: def.name.clone(),
+            column: c.name.clone(),
+            problem,
+        })?;
+        let not_null = |v: Value| match v {
+            Value::Null => Err(StoreError::Decode {
+                table: def.name.clone(),
+                column: c.name.clone(),
+                problem: "null in a NOT NULL column".into(),
+            }),
+            v => Ok(v),
+        };
+        let long = |v| match not_null(v)? {
+            Value::Long(x) => Ok(x),
+            other => Err(StoreError::Decode {
+                table: def.name.clone(),
+                column: c.name.clone(),
+                problem: format!("{other:?} where a long was expected"),
+            }),
+        };
+        match c.role {
+            Role::Timestamp => row.bucket = long(value)?,
+            Role::Shard => match not_null(value)? {
+                Value::String(s) => shard_id = Some(s),
+                other => {
+                    return Err(StoreError::Decode {
+                        table: def.name.clone(),
+                        column: c.name.clone(),
+                        problem: format!("{other:?} where a string was expected"),
+                    });
+                }
+            },
+            Role::EventTimestamp => {}
+            Role::Key(k) => row.keys[k] = value,
+            Role::Latest(k) => row.latest[k] = value,
+            Role::LastEventTimestamp => row.last_event_ts = long(value)?,
+            Role::Count => row.count = long(value)?,
+            Role::Measure(k, _) => row.measures[k] = value,
+        }
+    }
+    Ok(StoredRow { shard_id, row })
+}
+
+/// Normalizes a SQLite URL: a file is created if missing (`mode=rwc`) unless the URL sets a
+/// mode. Returns the URL and whether it is an in-memory database.
+fn sqlite_url(url: &str) -> (String, bool) {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    let memory = path == ":memory:" || params.contains(&"mode=memory");
+    if memory || params.iter().any(|p| p.starts_with("mode=")) {
+        return (url.to_owned(), memory);
+    }
+    let sep = if rest.contains('?') { "&" } else { "?" };
+    (format!("{url}{sep}mode=rwc"), false)
+}
+
+/// Statements run on every new connection.
+fn session_setup(backend: Backend, sqlite_busy_ms: u128) -> Vec<String> {
+    match backend {
+        Backend::Sqlite => vec![
+            format!(
+                "PRAGMA busy_timeout = {}",
+                sqlite_busy_ms.min(2_147_483_647)
+            ),
+            "PRAGMA journal_mode = WAL".into(),
+            "PRAGMA synchronous = NORMAL".into(),
+        ],
+        Backend::Postgres => vec![],
+        Backend::MySql => vec![
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".into(),
+            // Never truncate silently, whatever the server's default mode.
+            "SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',STRICT_ALL_TABLES')".into(),
+        ],
+    }
+}
+
+/// The best binary collation the MySQL server has (see [`MYSQL_COLLATIONS`]).
+async fn mysql_collation(pool: &AnyPool) -> Result<&'static str, StoreError> {
+    let rows = sqlx::query(
+        "SELECT CAST(collation_name AS CHAR) FROM information_schema.collations \
+         WHERE collation_name IN ('utf8mb4_0900_bin', 'utf8mb4_nopad_bin')",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::db("listing collations"))?;
+    let available: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>(0).ok())
+        .collect();
+    Ok(MYSQL_COLLATIONS
+        .iter()
+        .find(|c| available.iter().any(|a| a == *c))
+        .copied()
+        .unwrap_or(MYSQL_COLLATIONS[2]))
+}
+
+/// A lease TTL in milliseconds, capped at a year (keeps `now + ttl` far from overflow).
+pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
+    const YEAR_MS: i64 = 365 * 86_400_000;
+    i64::try_from(ttl.as_millis()).map_or(YEAR_MS, |ms| ms.min(YEAR_MS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_create_files_unless_told_otherwise() {
+        assert_eq!(
+            sqlite_url("sqlite://shardtally.db"),
+            ("sqlite://shardtally.db?mode=rwc".into(), false)
+        );
+        assert_eq!(
+            sqlite_url("sqlite:///tmp/x.db?cache=shared"),
+            ("sqlite:///tmp/x.db?cache=shared&mode=rwc".into(), false)
+        );
+        assert_eq!(
+            sqlite_url("sqlite://x.db?mode=ro"),
+            ("sqlite://x.db?mode=ro".into(), false)
+        );
+        assert_eq!(
+            sqlite_url("sqlite::memory:"),
+            ("sqlite::memory:".into(), true)
+        );
+        assert_eq!(
+            sqlite_url("sqlite://:memory:"),
+            ("sqlite://:memory:".into(), true)
+        );
+    }
+
+    #[test]
+    fn ttl_is_capped() {
+        assert_eq!(ttl_ms(Duration::from_secs(10)), 10_000);
+        assert_eq!(ttl_ms(Duration::MAX), 365 * 86_400_000);
+    }
+}
