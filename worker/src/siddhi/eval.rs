@@ -303,7 +303,6 @@ pub(crate) fn hash_key_value<H: Hasher>(v: ValueRef<'_>, h: &mut H) {
 
 /// The order of `order by` and of sorted output: null first, then bools, numbers by value
 /// (across int/long/float/double), strings by bytes; ties between kinds by variant.
-#[allow(dead_code)] // used by the query engine
 pub(crate) fn sort_cmp(a: ValueRef<'_>, b: ValueRef<'_>) -> Ordering {
     match (rank(a), rank(b)) {
         (Some(ra), Some(rb)) if ra <= 1 && rb <= 1 => as_i64(a).cmp(&as_i64(b)),

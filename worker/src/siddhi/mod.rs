@@ -14,7 +14,9 @@ pub use app::{AggregationDef, App, Purge, SelectItem, parse_duration};
 pub use error::{ParseError, Pos};
 pub use expr::{AggFunc, BinaryOp, Expr, ExprKind, UnaryOp};
 
-pub(crate) use expr::{Calls, infer};
+pub(crate) use app::parse_select_items;
+pub(crate) use expr::{Calls, infer, parse_expr};
+pub(crate) use lexer::Tok;
 
 /// The GeoLocation app of the seeds (WSO2 API-M Analytics), bundled as the worker's default.
 pub const BUNDLED_GEO_APP: &str = include_str!("../../../scenarios/apps/geo.siddhi");
