@@ -806,6 +806,39 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Rendering a parsed expression and parsing it again gives the same tree (positions
+        /// aside), so names derived from expressions are stable.
+        #[test]
+        fn rendering_round_trips(words in proptest::collection::vec(proptest::sample::select(vec![
+            "a", "b", "1", "2.5", "7L", "3f", "'s'", "\"t\"", "true", "null", "+", "-", "*", "/", "%",
+            "==", "!=", "<", ">=", "and", "or", "not", "(", ")", "is null", "sum(", "count()", ",",
+        ]), 1..14)) {
+            let src = words.join(" ");
+            if let Ok(e) = parse(&src) {
+                let text = e.to_string();
+                let again = parse(&text).unwrap_or_else(|err| panic!("{src} -> {text}: {err}"));
+                proptest::prop_assert_eq!(again.to_string(), text.clone());
+                proptest::prop_assert_eq!(strip(&again), strip(&e), "{} -> {}", src, text);
+            }
+        }
+    }
+
+    /// The tree without positions.
+    fn strip(e: &Expr) -> String {
+        match &e.kind {
+            ExprKind::Literal(v) => format!("{v:?}"),
+            ExprKind::Attribute(a) => a.clone(),
+            ExprKind::Unary(op, x) => format!("{op:?}({})", strip(x)),
+            ExprKind::IsNull(x) => format!("IsNull({})", strip(x)),
+            ExprKind::Binary(op, a, b) => format!("{op:?}({}, {})", strip(a), strip(b)),
+            ExprKind::Call(f, args) => format!(
+                "{f:?}({})",
+                args.iter().map(strip).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
     #[test]
     fn syntax_errors_point_at_the_problem() {
         let e = |s: &str| parse(s).unwrap_err().to_string();

@@ -641,3 +641,112 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The hot path does not allocate for a group already seen. Each test runs in its own process
+// under nextest, and the counter is per thread, so other tests do not disturb the count.
+
+mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static COUNT: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(super) struct Counting;
+
+    fn bump() {
+        let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+    }
+
+    // SAFETY: forwards every call to the system allocator unchanged; only counts.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
+            bump();
+            // SAFETY: same contract as the caller's.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
+            // SAFETY: same contract as the caller's.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
+            bump();
+            // SAFETY: same contract as the caller's.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    pub(super) fn allocations() -> u64 {
+        COUNT.with(Cell::get)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
+
+#[test]
+fn recording_a_seen_group_does_not_allocate() {
+    let mut geo = aggregator(BUNDLED_GEO_APP, true);
+    let t = ms("2026-11-20T10:15:00Z");
+    let apis = ["PizzaShackAPI", "OrderAPI", "MenuAPI"];
+    let cities = ["Naples", "Rome", "Milan"];
+    // Warm up: every group once, with the longest apiName first so the latest buffer fits.
+    for city in cities {
+        geo.record(
+            &[
+                ValueRef::String(apis[0]),
+                ValueRef::String("Italy"),
+                ValueRef::String(city),
+                ValueRef::Long(t),
+            ],
+            0,
+        );
+    }
+    let mut stock = aggregator(STOCK, false);
+    stock.record(&stock_event("IBM", 10.0, None, 1, 2, 5_000), 0);
+
+    let before = alloc_count::allocations();
+    for i in 0..3_000 {
+        let (api, city) = (apis[i % 3], cities[(i / 3) % 3]);
+        let ts = t + i64::try_from(i % 1000).unwrap();
+        geo.record(
+            &[
+                ValueRef::String(api),
+                ValueRef::String("Italy"),
+                ValueRef::String(city),
+                ValueRef::Long(ts),
+            ],
+            0,
+        );
+        #[allow(clippy::cast_precision_loss)]
+        let price = i as f32;
+        let event = [
+            ValueRef::String("IBM"),
+            ValueRef::Float(price),
+            ValueRef::Null,
+            ValueRef::Long(1),
+            ValueRef::Int(3),
+            ValueRef::Long(5_000 + ts % 1000),
+        ];
+        stock.record(&event, 0);
+    }
+    let after = alloc_count::allocations();
+    assert_eq!(after - before, 0, "allocations while recording seen groups");
+    assert_eq!(geo.pending_rows(), 3);
+    let delta = geo.drain();
+    assert_eq!(
+        rows_of(&delta, Granularity::Seconds)
+            .iter()
+            .map(|r| r.count)
+            .sum::<i64>(),
+        3_003
+    );
+    assert_eq!(
+        rows_of(&stock.drain(), Granularity::Seconds)[0].count,
+        3_001
+    );
+}

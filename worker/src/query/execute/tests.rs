@@ -735,3 +735,69 @@ fn rows_outside_the_range_and_layouts_by_name() {
     );
     assert!(check(&q, &st.layout).is_ok());
 }
+
+fn mutate(src: &str, edits: &[(usize, u8, char)]) -> String {
+    let mut chars: Vec<char> = src.chars().collect();
+    for &(at, op, c) in edits {
+        if chars.is_empty() {
+            chars.push(c);
+            continue;
+        }
+        let i = at % chars.len();
+        match op % 3 {
+            0 => chars.insert(i, c),
+            1 => {
+                chars.remove(i);
+            }
+            _ => chars[i] = c,
+        }
+    }
+    chars.into_iter().collect()
+}
+
+const QUERIES: &[&str] = &[
+    "from GeoLocationAgg on city == 'Naples' or country != \"x\" within \"2026-11-** **:**:**\" per \"hours\" \
+     select country, city, sum(totalRequestCount) as n, AGG_TIMESTAMP group by country, city having n > 2 \
+     order by n desc, city limit 5 offset 1;",
+    "from GeoLocationAgg within 1795168800000L, 1795172400000 per 'sec' select * order by AGG_TIMESTAMP",
+    "from GeoLocationAgg within \"2026-11-20 10:00:00 +05:30\", \"2026-11-21 00:00:00\" per 'days' \
+     select count() as c, max(totalRequestCount) * 2 - 1 as m, avg(totalRequestCount) / 0 as z",
+];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+    #[test]
+    fn arbitrary_queries_never_panic(s in "\\PC{0,160}") {
+        let _ = StoreQuery::parse(&s);
+    }
+
+    /// Mutated queries either fail with an error or run; nothing panics.
+    #[test]
+    fn mutated_queries_never_panic(
+        edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>(),
+            proptest::sample::select(vec!['(', ')', ',', ';', '*', '-', '/', '\'', '"', ' ', 'x', '0', '9', '<', '=', '!'])), 1..6),
+        which in 0..QUERIES.len(),
+    ) {
+        let hour = 1_795_168_800_000;
+        let st = store(BUNDLED_GEO_APP, &[geo_event("A", "Naples", hour), geo_event("B", "Rome", hour + 5), geo_event("C", "Naples", hour + 7_200_000)], 2);
+        let text = mutate(QUERIES[which], &edits);
+        let _ = st.query(&text);
+    }
+}
+
+#[test]
+fn seed_queries_run() {
+    let hour = 1_795_168_800_000;
+    let st = store(
+        BUNDLED_GEO_APP,
+        &[
+            geo_event("A", "Naples", hour),
+            geo_event("B", "Rome", hour + 5),
+        ],
+        2,
+    );
+    for q in QUERIES {
+        st.ok(q);
+    }
+}
