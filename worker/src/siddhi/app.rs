@@ -803,6 +803,12 @@ fn check_aggregation(streams: &[StreamSchema], agg: &RawAgg) -> Result<(), Parse
             ));
         }
         let name = item.name();
+        if name.eq_ignore_ascii_case("AGG_TIMESTAMP") {
+            return Err(ParseError::at(
+                e.pos,
+                "`AGG_TIMESTAMP` is reserved for the bucket start store queries read",
+            ));
+        }
         if names.contains(&name) {
             return Err(ParseError::at(
                 e.pos,

@@ -10,7 +10,7 @@ use shardtally_publisher::protocol::{AttrType, Value};
 
 use super::error::{ParseError, Pos};
 use super::lexer::Tok;
-use super::parser::{MAX_DEPTH, Parser};
+use super::parser::{MAX_DEPTH, MAX_OPERATORS, Parser};
 
 /// An expression with the position where it starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -314,6 +314,9 @@ fn write_literal(f: &mut fmt::Formatter<'_>, v: &Value) -> fmt::Result {
 
 /// Parses one expression at the cursor.
 pub(crate) fn parse_expr(p: &mut Parser) -> Result<Expr, ParseError> {
+    if p.depth == 0 {
+        p.operators = 0;
+    }
     p.depth += 1;
     if p.depth > MAX_DEPTH {
         return Err(ParseError::at(
@@ -326,16 +329,26 @@ pub(crate) fn parse_expr(p: &mut Parser) -> Result<Expr, ParseError> {
     r
 }
 
-fn binary(op: BinaryOp, a: Expr, b: Expr) -> Expr {
+fn binary(p: &mut Parser, op: BinaryOp, a: Expr, b: Expr) -> Result<Expr, ParseError> {
+    p.operators += 1;
+    if p.operators > MAX_OPERATORS {
+        return Err(ParseError::at(
+            a.pos,
+            format!("expression has more than {MAX_OPERATORS} operators"),
+        ));
+    }
     let pos = a.pos;
-    Expr::new(ExprKind::Binary(op, Box::new(a), Box::new(b)), pos)
+    Ok(Expr::new(
+        ExprKind::Binary(op, Box::new(a), Box::new(b)),
+        pos,
+    ))
 }
 
 fn parse_or(p: &mut Parser) -> Result<Expr, ParseError> {
     let mut e = parse_and(p)?;
     while p.eat_kw("or") {
         let rhs = parse_and(p)?;
-        e = binary(BinaryOp::Or, e, rhs);
+        e = binary(p, BinaryOp::Or, e, rhs)?;
     }
     Ok(e)
 }
@@ -344,7 +357,7 @@ fn parse_and(p: &mut Parser) -> Result<Expr, ParseError> {
     let mut e = parse_not(p)?;
     while p.eat_kw("and") {
         let rhs = parse_not(p)?;
-        e = binary(BinaryOp::And, e, rhs);
+        e = binary(p, BinaryOp::And, e, rhs)?;
     }
     Ok(e)
 }
@@ -391,7 +404,7 @@ fn parse_comparison(p: &mut Parser) -> Result<Expr, ParseError> {
         };
         p.bump();
         let rhs = parse_additive(p)?;
-        e = binary(op, e, rhs);
+        e = binary(p, op, e, rhs)?;
     }
 }
 
@@ -405,7 +418,7 @@ fn parse_additive(p: &mut Parser) -> Result<Expr, ParseError> {
         };
         p.bump();
         let rhs = parse_multiplicative(p)?;
-        e = binary(op, e, rhs);
+        e = binary(p, op, e, rhs)?;
     }
 }
 
@@ -420,7 +433,7 @@ fn parse_multiplicative(p: &mut Parser) -> Result<Expr, ParseError> {
         };
         p.bump();
         let rhs = parse_unary(p)?;
-        e = binary(op, e, rhs);
+        e = binary(p, op, e, rhs)?;
     }
 }
 
@@ -871,5 +884,16 @@ mod tests {
         assert!(e(&negs).contains("nested deeper than 64"));
         let nots = format!("{}x", "not ".repeat(100));
         assert!(e(&nots).contains("nested deeper than 64"));
+        let chain = format!("x{}", " + x".repeat(100_000));
+        assert_eq!(
+            e(&chain),
+            "line 1, column 1: expression has more than 256 operators"
+        );
+        let mixed = format!("x{}", " * x + x".repeat(200));
+        assert_eq!(
+            e(&mixed),
+            "line 1, column 1: expression has more than 256 operators"
+        );
+        assert!(parse(&format!("x{}", " + x".repeat(256))).is_ok());
     }
 }

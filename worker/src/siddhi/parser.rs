@@ -7,12 +7,18 @@ use super::lexer::{Tok, Token, lex};
 /// an error rather than a stack overflow.
 pub(crate) const MAX_DEPTH: u32 = 64;
 
+/// Most binary operators one expression may have: chains like `a + b + …` build trees as deep
+/// as they are long, and every walk over a tree recurses.
+pub(crate) const MAX_OPERATORS: u32 = 256;
+
 /// A cursor over the tokens of one text.
 pub(crate) struct Parser {
     toks: Vec<Token>,
     i: usize,
     /// Current expression nesting depth.
     pub(crate) depth: u32,
+    /// Binary operators in the expression being parsed.
+    pub(crate) operators: u32,
 }
 
 impl Parser {
@@ -22,6 +28,7 @@ impl Parser {
             toks: lex(src)?,
             i: 0,
             depth: 0,
+            operators: 0,
         })
     }
 

@@ -300,6 +300,10 @@ fn aggregation_errors_point_at_line_and_column() {
             "line 3, column 54: duplicate output name `symbol`",
         ),
         (
+            "define aggregation a from stockStream select count() as agg_timestamp aggregate every sec",
+            "line 3, column 46: `AGG_TIMESTAMP` is reserved for the bucket start store queries read",
+        ),
+        (
             "define aggregation a from stockStream select null as x aggregate every sec",
             "line 3, column 46: cannot tell the type of `null`",
         ),
