@@ -6,7 +6,7 @@ use std::path::Path;
 use shardtally_publisher::protocol::StreamSchema;
 
 use crate::config::AppSource;
-use crate::engine;
+use crate::engine::{self, Aggregator, EngineError};
 use crate::layout::Layout;
 use crate::siddhi::{self, AggregationDef, App};
 
@@ -29,6 +29,14 @@ pub enum CatalogError {
         /// The parser's error, with line and column.
         source: siddhi::ParseError,
     },
+    /// An aggregation cannot be built from its definition.
+    #[error("{path}: {source}")]
+    Engine {
+        /// The file (or `<bundled>`).
+        path: String,
+        /// Why.
+        source: EngineError,
+    },
 }
 
 /// A Siddhi app with the layouts of its aggregations.
@@ -38,27 +46,80 @@ pub struct Catalog {
     pub app: App,
     /// One layout per aggregation, in `app.aggregations` order.
     pub layouts: Vec<Layout>,
+    /// One empty aggregator per aggregation, built and checked once; cloned for fresh state.
+    prototypes: Vec<Aggregator>,
+    /// Per stream: `(attribute position, aggregation, key column)` for every group-by key the
+    /// stream feeds — the values that must be checked against key columns before aggregating.
+    key_columns: Vec<Vec<(usize, usize, usize)>>,
 }
 
 impl Catalog {
     /// Loads an app from its source and derives the layouts under the global `partitionById`.
     pub fn load(source: &AppSource, partition_by_id: bool) -> Result<Catalog, CatalogError> {
         let (text, path) = match source {
-            AppSource::Bundled => (siddhi::BUNDLED_GEO_APP.to_owned(), "<bundled geo.siddhi>".to_owned()),
+            AppSource::Bundled => (
+                siddhi::BUNDLED_GEO_APP.to_owned(),
+                "<bundled geo.siddhi>".to_owned(),
+            ),
             AppSource::File(p) => (read(p)?, p.display().to_string()),
         };
-        Catalog::from_text(&text, partition_by_id).map_err(|source| CatalogError::Parse { path, source })
+        Catalog::from_text(&text, partition_by_id, &path)
     }
 
-    /// Parses app text and derives the layouts.
-    pub fn from_text(text: &str, partition_by_id: bool) -> Result<Catalog, siddhi::ParseError> {
-        let app = App::parse(text)?;
-        let layouts = app
+    /// Parses app text and derives the layouts; `path` is only used in messages.
+    pub fn from_text(
+        text: &str,
+        partition_by_id: bool,
+        path: &str,
+    ) -> Result<Catalog, CatalogError> {
+        let app = App::parse(text).map_err(|source| CatalogError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let layouts: Vec<Layout> = app
             .aggregations
             .iter()
             .map(|agg| engine::layout(&app, agg, partition_by_id))
             .collect();
-        Ok(Catalog { app, layouts })
+        let prototypes = app
+            .aggregations
+            .iter()
+            .zip(&layouts)
+            .map(|(agg, layout)| Aggregator::new(&app, agg, layout.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| CatalogError::Engine {
+                path: path.to_owned(),
+                source,
+            })?;
+        let key_columns = app
+            .streams
+            .iter()
+            .map(|schema| {
+                let mut out = Vec::new();
+                for (a, agg) in app.aggregations.iter().enumerate() {
+                    if agg.stream != schema.name {
+                        continue;
+                    }
+                    for (k, col) in layouts[a].keys.iter().enumerate() {
+                        if let Some(pos) = schema.position(&col.name) {
+                            out.push((pos, a, k));
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        Ok(Catalog {
+            app,
+            layouts,
+            prototypes,
+            key_columns,
+        })
+    }
+
+    /// Fresh (empty) aggregators, one per aggregation, in `app.aggregations` order.
+    pub fn aggregators(&self) -> Vec<Aggregator> {
+        self.prototypes.clone()
     }
 
     /// The app's name (`@app:name`).
@@ -80,6 +141,12 @@ impl Catalog {
     pub fn aggregation(&self, name: &str) -> Option<(&AggregationDef, &Layout)> {
         let i = self.app.aggregations.iter().position(|a| a.name == name)?;
         Some((&self.app.aggregations[i], &self.layouts[i]))
+    }
+
+    /// `(attribute position, aggregation index, key column index)` for every group-by key fed
+    /// by stream `stream`.
+    pub fn key_columns(&self, stream: usize) -> &[(usize, usize, usize)] {
+        &self.key_columns[stream]
     }
 
     /// Indices of the aggregations fed by stream `stream`.

@@ -144,7 +144,10 @@ pub fn main_from<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
         }
     };
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -210,7 +213,9 @@ async fn serve(a: ServeArgs) -> u8 {
         Err(code) => return code,
     };
     if config.tls.is_some() {
-        eprintln!("error: invalid `tls-cert/tls-key`: TLS is not available in this build yet; remove the flags");
+        eprintln!(
+            "error: invalid `tls-cert/tls-key`: TLS is not available in this build yet; remove the flags"
+        );
         return 2;
     }
     let shutdown = CancellationToken::new();
@@ -224,7 +229,10 @@ async fn serve(a: ServeArgs) -> u8 {
     }
     let result = crate::node::run(config, shutdown, |bound| {
         // One machine-readable line on stdout for scripts and the loadgen.
-        println!("shardtally-worker ready listen={} http={}", bound.listen, bound.http);
+        println!(
+            "shardtally-worker ready listen={} http={}",
+            bound.listen, bound.http
+        );
     })
     .await;
     match result {
@@ -258,7 +266,10 @@ async fn open(common: &Common) -> Result<(WorkerConfig, Catalog, Store), u8> {
         2
     })?;
     let store = Store::connect(&config.database_url, 2).await.map_err(|e| {
-        eprintln!("error: database {}: {e}", crate::config::redact(&config.database_url));
+        eprintln!(
+            "error: database {}: {e}",
+            crate::config::redact(&config.database_url)
+        );
         1
     })?;
     Ok((config, catalog, store))
@@ -292,7 +303,9 @@ async fn migrate(a: MigrateArgs) -> u8 {
     };
     match store.add_shard_id(&catalog.layouts, &config.shard_id).await {
         Ok(tables) if tables.is_empty() => {
-            println!("nothing to migrate: every partitioned aggregation table already has SHARD_ID");
+            println!(
+                "nothing to migrate: every partitioned aggregation table already has SHARD_ID"
+            );
             0
         }
         Ok(tables) => {
@@ -320,9 +333,15 @@ fn render(rs: &ResultSet, format: Format) -> String {
         .collect();
     match format {
         Format::Json => {
-            let records: Vec<Vec<serde_json::Value>> =
-                rs.rows.iter().map(|r| r.iter().map(json_value).collect()).collect();
-            format!("{}\n", serde_json::json!({ "columns": rs.columns, "records": records }))
+            let records: Vec<Vec<serde_json::Value>> = rs
+                .rows
+                .iter()
+                .map(|r| r.iter().map(json_value).collect())
+                .collect();
+            format!(
+                "{}\n",
+                serde_json::json!({ "columns": rs.columns, "records": records })
+            )
         }
         Format::Csv => {
             let mut out = csv_line(&rs.columns);
@@ -350,12 +369,22 @@ fn render(rs: &ResultSet, format: Format) -> String {
                 s.trim_end().to_owned() + "\n"
             };
             let mut out = line(&rs.columns);
-            out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"));
+            out.push_str(
+                &widths
+                    .iter()
+                    .map(|w| "-".repeat(*w))
+                    .collect::<Vec<_>>()
+                    .join("-+-"),
+            );
             out.push('\n');
             for row in &cells {
                 out.push_str(&line(row));
             }
-            out.push_str(&format!("({} row{})\n", cells.len(), if cells.len() == 1 { "" } else { "s" }));
+            out.push_str(&format!(
+                "({} row{})\n",
+                cells.len(),
+                if cells.len() == 1 { "" } else { "s" }
+            ));
             out
         }
     }

@@ -70,7 +70,10 @@ async fn store_query(
     if app != state.catalog.name() {
         return error(
             StatusCode::NOT_FOUND,
-            format!("no Siddhi app named `{app}` (this worker runs `{}`)", state.catalog.name()),
+            format!(
+                "no Siddhi app named `{app}` (this worker runs `{}`)",
+                state.catalog.name()
+            ),
         );
     }
     match retrieve::run(&state.catalog, &state.store, &query).await {
@@ -110,7 +113,11 @@ async fn health(State(state): State<Arc<HttpState>>) -> Response {
         "database": match &db { Ok(()) if up => "up".to_owned(), Ok(()) => "failing commits".to_owned(), Err(e) => format!("down: {e}") },
         "pending_events": state.metrics.pending_events.load(Ordering::Relaxed),
     });
-    let status = if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 

@@ -122,7 +122,11 @@ impl Ingest {
     }
 
     /// Runs until `shutdown`, then drains what is already queued, commits it and acks it.
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<IncomingBatch>, shutdown: CancellationToken) {
+    pub(crate) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<IncomingBatch>,
+        shutdown: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(self.settings.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -163,10 +167,17 @@ impl Ingest {
             self.pending[i].also_reply.push(batch.reply);
             return;
         }
-        match record(&mut self.aggregators, &self.by_stream, &self.catalog, &batch) {
+        match record(
+            &mut self.aggregators,
+            &self.by_stream,
+            &self.catalog,
+            &batch,
+        ) {
             Ok(n) => {
                 self.pending_events += n;
-                self.metrics.pending_events.fetch_add(i64::try_from(n).unwrap_or(0), Ordering::Relaxed);
+                self.metrics
+                    .pending_events
+                    .fetch_add(i64::try_from(n).unwrap_or(0), Ordering::Relaxed);
                 self.pending_index.insert(key, self.pending.len());
                 self.pending.push(Pending {
                     batch,
@@ -179,7 +190,11 @@ impl Ingest {
                 // Events recorded before the error are in the aggregators: rebuild without it.
                 self.rebuild();
                 Metrics::add(&self.metrics.batches_rejected, 1);
-                let _ = batch.reply.send(Reply::Reject(batch.frame.seq, RejectCode::Invalid, e.to_string()));
+                let _ = batch.reply.send(Reply::Reject(
+                    batch.frame.seq,
+                    RejectCode::Invalid,
+                    e.to_string(),
+                ));
             }
         }
     }
@@ -197,15 +212,22 @@ impl Ingest {
             let started = Instant::now();
             let outcome = {
                 let pairs: Vec<_> = self.catalog.layouts.iter().zip(deltas.iter()).collect();
-                self.store.commit(&self.settings.shard_id, &ids, &pairs).await
+                self.store
+                    .commit(&self.settings.shard_id, &ids, &pairs)
+                    .await
             };
             match outcome {
                 Ok(CommitOutcome::Committed) => {
                     self.metrics.database_up.store(true, Ordering::Relaxed);
                     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    self.metrics.last_commit_micros.store(micros, Ordering::Relaxed);
+                    self.metrics
+                        .last_commit_micros
+                        .store(micros, Ordering::Relaxed);
                     Metrics::add(&self.metrics.commits, 1);
-                    Metrics::add(&self.metrics.rows_written, deltas.iter().map(|d| d.row_count() as u64).sum());
+                    Metrics::add(
+                        &self.metrics.rows_written,
+                        deltas.iter().map(|d| d.row_count() as u64).sum(),
+                    );
                     Metrics::add(&self.metrics.batches_committed, self.pending.len() as u64);
                     Metrics::add(&self.metrics.events_committed, self.pending_events as u64);
                     self.ack_all();
@@ -213,7 +235,10 @@ impl Ingest {
                 }
                 Ok(CommitOutcome::Duplicates(dups)) => {
                     self.metrics.database_up.store(true, Ordering::Relaxed);
-                    tracing::debug!(count = dups.len(), "batches already committed elsewhere; acking them without counting");
+                    tracing::debug!(
+                        count = dups.len(),
+                        "batches already committed elsewhere; acking them without counting"
+                    );
                     self.ack_duplicates(&dups);
                     self.rebuild();
                     if self.pending.is_empty() {
@@ -254,13 +279,23 @@ impl Ingest {
         for p in pending {
             self.aggregators = fresh_aggregators(&self.catalog);
             self.pending_index.insert(p.batch.key(), 0);
-            let n = record(&mut self.aggregators, &self.by_stream, &self.catalog, &p.batch).unwrap_or(0);
+            let n = record(
+                &mut self.aggregators,
+                &self.by_stream,
+                &self.catalog,
+                &p.batch,
+            )
+            .unwrap_or(0);
             self.pending_events = n;
             self.pending.push(p);
             let ids = vec![self.pending[0].batch.batch_id()];
             let deltas = drain(&mut self.aggregators);
             let pairs: Vec<_> = self.catalog.layouts.iter().zip(deltas.iter()).collect();
-            match self.store.commit(&self.settings.shard_id, &ids, &pairs).await {
+            match self
+                .store
+                .commit(&self.settings.shard_id, &ids, &pairs)
+                .await
+            {
                 Ok(CommitOutcome::Committed) => {
                     Metrics::add(&self.metrics.batches_committed, 1);
                     Metrics::add(&self.metrics.events_committed, n as u64);
@@ -297,13 +332,17 @@ impl Ingest {
         }
         self.pending_index.clear();
         let n = std::mem::take(&mut self.pending_events);
-        self.metrics.pending_events.fetch_sub(i64::try_from(n).unwrap_or(0), Ordering::Relaxed);
+        self.metrics
+            .pending_events
+            .fetch_sub(i64::try_from(n).unwrap_or(0), Ordering::Relaxed);
     }
 
     fn ack_duplicates(&mut self, dups: &[BatchId]) {
         let before = self.pending.len();
-        let dup_keys: std::collections::HashSet<(&str, u64)> =
-            dups.iter().map(|d| (d.publisher_id.as_str(), d.seq)).collect();
+        let dup_keys: std::collections::HashSet<(&str, u64)> = dups
+            .iter()
+            .map(|d| (d.publisher_id.as_str(), d.seq))
+            .collect();
         let mut kept = Vec::with_capacity(self.pending.len());
         for p in self.pending.drain(..) {
             if dup_keys.contains(&(&*p.batch.publisher_id, p.batch.frame.seq)) {
@@ -316,7 +355,10 @@ impl Ingest {
                 kept.push(p);
             }
         }
-        Metrics::add(&self.metrics.batches_duplicate, (before - kept.len()) as u64);
+        Metrics::add(
+            &self.metrics.batches_duplicate,
+            (before - kept.len()) as u64,
+        );
         self.pending = kept;
     }
 
@@ -328,7 +370,12 @@ impl Ingest {
             let mut events = 0;
             let mut failed = None;
             for (i, p) in self.pending.iter().enumerate() {
-                match record(&mut self.aggregators, &self.by_stream, &self.catalog, &p.batch) {
+                match record(
+                    &mut self.aggregators,
+                    &self.by_stream,
+                    &self.catalog,
+                    &p.batch,
+                ) {
                     Ok(n) => events += n,
                     Err(e) => {
                         failed = Some((i, e));
@@ -341,7 +388,11 @@ impl Ingest {
             tracing::error!(error = %e, "pending batch failed to decode on rebuild; rejecting it");
             let p = self.pending.remove(i);
             Metrics::add(&self.metrics.batches_rejected, 1);
-            let _ = p.batch.reply.send(Reply::Reject(p.batch.frame.seq, RejectCode::Invalid, e.to_string()));
+            let _ = p.batch.reply.send(Reply::Reject(
+                p.batch.frame.seq,
+                RejectCode::Invalid,
+                e.to_string(),
+            ));
         };
         self.pending_index = self
             .pending
@@ -360,20 +411,22 @@ fn reject(metrics: &Metrics, p: Pending, e: &StoreError) {
     Metrics::add(&metrics.batches_rejected, 1);
     tracing::warn!(publisher = %p.batch.publisher_id, seq = p.batch.frame.seq, error = %e, "batch rejected by the database");
     let reason = format!("the database refused this batch: {e}");
-    let _ = p.batch.reply.send(Reply::Reject(p.batch.frame.seq, RejectCode::Invalid, reason.clone()));
+    let _ = p.batch.reply.send(Reply::Reject(
+        p.batch.frame.seq,
+        RejectCode::Invalid,
+        reason.clone(),
+    ));
     for r in p.also_reply {
-        let _ = r.send(Reply::Reject(p.batch.frame.seq, RejectCode::Invalid, reason.clone()));
+        let _ = r.send(Reply::Reject(
+            p.batch.frame.seq,
+            RejectCode::Invalid,
+            reason.clone(),
+        ));
     }
 }
 
 fn fresh_aggregators(catalog: &Catalog) -> Vec<Aggregator> {
-    catalog
-        .app
-        .aggregations
-        .iter()
-        .zip(&catalog.layouts)
-        .map(|(agg, layout)| Aggregator::new(&catalog.app, agg, layout.clone()))
-        .collect()
+    catalog.aggregators()
 }
 
 fn drain(aggregators: &mut [Aggregator]) -> Vec<Delta> {

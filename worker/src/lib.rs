@@ -10,11 +10,24 @@
 //! - [`engine`]: the pure aggregation engine.
 //! - [`query`]: store-query parsing and shard-merging evaluation.
 //! - [`store`]: the SQL backends, dedup table, shard registry and leases.
+//! - [`catalog`]: a loaded app with the layouts of its aggregations.
+//! - `server` / `ingest`: the TCP side (handshake, validation) and the task that aggregates and
+//!   commits exactly once; [`node`] starts and stops them with the lease and HTTP tasks.
+//! - [`retrieve`], [`http`], [`metrics`], [`cli`]: queries, the HTTP API, Prometheus metrics,
+//!   the command line.
 
 pub mod bucket;
+pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod http;
+mod ingest;
 pub mod layout;
+pub mod metrics;
+pub mod node;
 pub mod query;
+pub mod retrieve;
+mod server;
 pub mod siddhi;
 pub mod store;

@@ -68,26 +68,86 @@ impl Metrics {
             let _ = writeln!(out, "shardtally_{name}{{{labels}}} {v}");
         };
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter("connections_accepted_total", "Publisher connections accepted.", r(&self.connections_accepted));
-        counter("auth_failures_total", "Connections refused for a wrong or missing token.", r(&self.auth_failures));
-        counter("protocol_errors_total", "Connections closed for a protocol error.", r(&self.protocol_errors));
-        counter("batches_received_total", "Batches received, before de-duplication.", r(&self.batches_received));
-        counter("events_received_total", "Events received, before de-duplication.", r(&self.events_received));
-        counter("batches_rejected_total", "Batches rejected as invalid.", r(&self.batches_rejected));
-        counter("batches_duplicate_total", "Batches already committed, acked without counting.", r(&self.batches_duplicate));
-        counter("batches_committed_total", "Batches committed by this worker.", r(&self.batches_committed));
-        counter("events_committed_total", "Events committed by this worker.", r(&self.events_committed));
-        counter("rows_written_total", "Aggregate rows upserted, all granularities.", r(&self.rows_written));
-        counter("commits_total", "Flush transactions committed.", r(&self.commits));
-        counter("commit_failures_total", "Flush attempts that failed and were retried.", r(&self.commit_failures));
+        counter(
+            "connections_accepted_total",
+            "Publisher connections accepted.",
+            r(&self.connections_accepted),
+        );
+        counter(
+            "auth_failures_total",
+            "Connections refused for a wrong or missing token.",
+            r(&self.auth_failures),
+        );
+        counter(
+            "protocol_errors_total",
+            "Connections closed for a protocol error.",
+            r(&self.protocol_errors),
+        );
+        counter(
+            "batches_received_total",
+            "Batches received, before de-duplication.",
+            r(&self.batches_received),
+        );
+        counter(
+            "events_received_total",
+            "Events received, before de-duplication.",
+            r(&self.events_received),
+        );
+        counter(
+            "batches_rejected_total",
+            "Batches rejected as invalid.",
+            r(&self.batches_rejected),
+        );
+        counter(
+            "batches_duplicate_total",
+            "Batches already committed, acked without counting.",
+            r(&self.batches_duplicate),
+        );
+        counter(
+            "batches_committed_total",
+            "Batches committed by this worker.",
+            r(&self.batches_committed),
+        );
+        counter(
+            "events_committed_total",
+            "Events committed by this worker.",
+            r(&self.events_committed),
+        );
+        counter(
+            "rows_written_total",
+            "Aggregate rows upserted, all granularities.",
+            r(&self.rows_written),
+        );
+        counter(
+            "commits_total",
+            "Flush transactions committed.",
+            r(&self.commits),
+        );
+        counter(
+            "commit_failures_total",
+            "Flush attempts that failed and were retried.",
+            r(&self.commit_failures),
+        );
         let mut gauge = |name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP shardtally_{name} {help}");
             let _ = writeln!(out, "# TYPE shardtally_{name} gauge");
             let _ = writeln!(out, "shardtally_{name}{{{labels}}} {v}");
         };
-        gauge("connections_open", "Publisher connections open.", self.connections_open.load(Ordering::Relaxed));
-        gauge("pending_events", "Events received and not yet committed.", self.pending_events.load(Ordering::Relaxed));
-        gauge("database_up", "1 when the database answered the last attempt.", i64::from(self.database_up.load(Ordering::Relaxed)));
+        gauge(
+            "connections_open",
+            "Publisher connections open.",
+            self.connections_open.load(Ordering::Relaxed),
+        );
+        gauge(
+            "pending_events",
+            "Events received and not yet committed.",
+            self.pending_events.load(Ordering::Relaxed),
+        );
+        gauge(
+            "database_up",
+            "1 when the database answered the last attempt.",
+            i64::from(self.database_up.load(Ordering::Relaxed)),
+        );
         gauge(
             "last_commit_microseconds",
             "Duration of the last flush transaction.",
@@ -98,7 +158,9 @@ impl Metrics {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

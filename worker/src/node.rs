@@ -24,7 +24,7 @@ use crate::server::{ServerSettings, serve};
 use crate::store::{LeaseOutcome, Store, StoreError};
 
 /// Longest string the worker accepts in an event (what every backend's columns hold).
-pub const MAX_STRING_LEN: usize = 254;
+pub const MAX_STRING_LEN: usize = crate::store::STRING_MAX_CHARS;
 
 /// Why a worker could not start, or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +86,10 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     let catalog = Arc::new(Catalog::load(&config.app, config.partition_by_id)?);
     let url = redact(&config.database_url);
-    let store_err = |source| NodeError::Store { url: url.clone(), source };
+    let store_err = |source| NodeError::Store {
+        url: url.clone(),
+        source,
+    };
 
     let store = connect_with_retry(&config.database_url, config.db_max_connections, &shutdown)
         .await
@@ -107,7 +110,15 @@ pub async fn run(
     let instance_id = format!("{}-{:016x}", config.node_id, rand::random::<u64>());
     acquire_lease(&store, &config, &instance_id, &shutdown).await?;
 
-    let result = serve_with_lease(&config, catalog, store.clone(), &instance_id, shutdown, on_ready).await;
+    let result = serve_with_lease(
+        &config,
+        catalog,
+        store.clone(),
+        &instance_id,
+        shutdown,
+        on_ready,
+    )
+    .await;
     if let Err(e) = store.release_lease(&config.shard_id, &instance_id).await {
         tracing::warn!(error = %e, "could not release the shard lease; it expires by itself");
     }
@@ -122,19 +133,34 @@ async fn serve_with_lease(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(Bound),
 ) -> Result<(), NodeError> {
-    let listener = TcpListener::bind(&config.listen).await.map_err(|source| NodeError::Bind {
-        key: "listen",
-        addr: config.listen.clone(),
-        source,
-    })?;
-    let http_listener = TcpListener::bind(&config.http).await.map_err(|source| NodeError::Bind {
-        key: "http",
-        addr: config.http.clone(),
-        source,
-    })?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            key: "listen",
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let http_listener =
+        TcpListener::bind(&config.http)
+            .await
+            .map_err(|source| NodeError::Bind {
+                key: "http",
+                addr: config.http.clone(),
+                source,
+            })?;
     let bound = Bound {
-        listen: listener.local_addr().map_err(|source| NodeError::Bind { key: "listen", addr: config.listen.clone(), source })?,
-        http: http_listener.local_addr().map_err(|source| NodeError::Bind { key: "http", addr: config.http.clone(), source })?,
+        listen: listener.local_addr().map_err(|source| NodeError::Bind {
+            key: "listen",
+            addr: config.listen.clone(),
+            source,
+        })?,
+        http: http_listener
+            .local_addr()
+            .map_err(|source| NodeError::Bind {
+                key: "http",
+                addr: config.http.clone(),
+                source,
+            })?,
     };
 
     let metrics = Arc::new(Metrics::new());
@@ -218,7 +244,9 @@ async fn serve_with_lease(
                         fatal.cancel();
                         return;
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not renew the shard lease; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not renew the shard lease; retrying")
+                    }
                 }
             }
         });
@@ -256,7 +284,11 @@ async fn serve_with_lease(
     Ok(())
 }
 
-async fn connect_with_retry(url: &str, max: u32, shutdown: &CancellationToken) -> Result<Store, StoreError> {
+async fn connect_with_retry(
+    url: &str,
+    max: u32,
+    shutdown: &CancellationToken,
+) -> Result<Store, StoreError> {
     let mut backoff = Duration::from_millis(200);
     let mut waited = Duration::ZERO;
     loop {
@@ -284,12 +316,23 @@ async fn acquire_lease(
 ) -> Result<(), NodeError> {
     loop {
         let outcome = store
-            .acquire_lease(&config.shard_id, &config.node_id, instance_id, config.lease_ttl)
+            .acquire_lease(
+                &config.shard_id,
+                &config.node_id,
+                instance_id,
+                config.lease_ttl,
+            )
             .await
-            .map_err(|source| NodeError::Store { url: redact(&config.database_url), source })?;
+            .map_err(|source| NodeError::Store {
+                url: redact(&config.database_url),
+                source,
+            })?;
         match outcome {
             LeaseOutcome::Acquired => return Ok(()),
-            LeaseOutcome::HeldByOtherNode { node_id, expires_in } => {
+            LeaseOutcome::HeldByOtherNode {
+                node_id,
+                expires_in,
+            } => {
                 return Err(NodeError::Refused(format!(
                     "shard id `{}` is being served by live node `{node_id}` (its lease expires in {:.1}s unless renewed); two workers must not serve one shard — give this node its own shard id",
                     config.shard_id,
@@ -312,7 +355,12 @@ async fn acquire_lease(
     }
 }
 
-async fn purge_loop(store: Store, catalog: Arc<Catalog>, dedup_window: Duration, stop: CancellationToken) {
+async fn purge_loop(
+    store: Store,
+    catalog: Arc<Catalog>,
+    dedup_window: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -325,13 +373,20 @@ async fn purge_loop(store: Store, catalog: Arc<Catalog>, dedup_window: Duration,
             tracing::warn!(error = %e, "dedup purge failed");
         }
         for (agg, layout) in catalog.app.aggregations.iter().zip(&catalog.layouts) {
-            let Some(purge) = agg.purge.as_ref().filter(|p| p.enabled) else { continue };
+            let Some(purge) = agg.purge.as_ref().filter(|p| p.enabled) else {
+                continue;
+            };
             for (granularity, retention) in &purge.retention {
                 let Some(retention) = retention else { continue };
                 let keep = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-                match store.purge(layout, *granularity, now.saturating_sub(keep)).await {
+                match store
+                    .purge(layout, *granularity, now.saturating_sub(keep))
+                    .await
+                {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(table = %layout.table(*granularity), rows = n, "purged old buckets"),
+                    Ok(n) => {
+                        tracing::info!(table = %layout.table(*granularity), rows = n, "purged old buckets")
+                    }
                     Err(e) => tracing::warn!(error = %e, "bucket purge failed"),
                 }
             }

@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::Catalog;
 use crate::ingest::{IncomingBatch, Reply};
 use crate::metrics::Metrics;
+use crate::store::{ColumnRef, check_value};
 
 /// Limits and identity the server needs.
 #[derive(Debug, Clone)]
@@ -90,17 +91,31 @@ pub(crate) async fn serve(
         let shutdown = shutdown.clone();
         let permit = slots.clone().try_acquire_owned();
         tracker.spawn(async move {
-            let mut framed = Framed::new(socket, FrameCodec::new(shared.settings.max_frame_len as usize));
+            let mut framed = Framed::new(
+                socket,
+                FrameCodec::new(shared.settings.max_frame_len as usize),
+            );
             let Ok(_permit) = permit else {
                 Metrics::add(&shared.metrics.protocol_errors, 1);
-                send_error(&mut framed, ErrorCode::TooManyConnections, "too many connections").await;
+                send_error(
+                    &mut framed,
+                    ErrorCode::TooManyConnections,
+                    "too many connections",
+                )
+                .await;
                 return;
             };
-            shared.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .connections_open
+                .fetch_add(1, Ordering::Relaxed);
             if let Err(reason) = connection(&shared, &mut framed, peer, &shutdown).await {
                 tracing::debug!(%peer, %reason, "connection closed");
             }
-            shared.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .connections_open
+                .fetch_sub(1, Ordering::Relaxed);
         });
     }
     drop(listener);
@@ -130,7 +145,12 @@ async fn connection(
     let hello = match tokio::time::timeout(s.handshake_timeout, framed.next()).await {
         Err(_) => {
             Metrics::add(&shared.metrics.protocol_errors, 1);
-            send_error(framed, ErrorCode::HandshakeTimeout, "no HELLO within the handshake timeout").await;
+            send_error(
+                framed,
+                ErrorCode::HandshakeTimeout,
+                "no HELLO within the handshake timeout",
+            )
+            .await;
             return Err("handshake timeout".into());
         }
         Ok(None) => return Err("closed before HELLO".into()),
@@ -138,13 +158,21 @@ async fn connection(
         Ok(Some(Ok(Frame::Hello(h)))) => h,
         Ok(Some(Ok(_))) => {
             Metrics::add(&shared.metrics.protocol_errors, 1);
-            send_error(framed, ErrorCode::Malformed, "the first frame must be HELLO").await;
+            send_error(
+                framed,
+                ErrorCode::Malformed,
+                "the first frame must be HELLO",
+            )
+            .await;
             return Err("first frame was not HELLO".into());
         }
     };
     if hello.version != PROTOCOL_VERSION {
         Metrics::add(&shared.metrics.protocol_errors, 1);
-        let msg = format!("protocol version {} is not supported; this worker speaks {PROTOCOL_VERSION}", hello.version);
+        let msg = format!(
+            "protocol version {} is not supported; this worker speaks {PROTOCOL_VERSION}",
+            hello.version
+        );
         send_error(framed, ErrorCode::UnsupportedVersion, &msg).await;
         return Err(msg);
     }
@@ -158,7 +186,12 @@ async fn connection(
     }
     if hello.publisher_id.is_empty() || hello.publisher_id.len() > 128 {
         Metrics::add(&shared.metrics.protocol_errors, 1);
-        send_error(framed, ErrorCode::Malformed, "publisher_id must be 1 to 128 bytes").await;
+        send_error(
+            framed,
+            ErrorCode::Malformed,
+            "publisher_id must be 1 to 128 bytes",
+        )
+        .await;
         return Err("bad publisher id".into());
     }
     let publisher_id: Arc<str> = hello.publisher_id.into();
@@ -183,7 +216,9 @@ async fn connection(
         tokio::select! {
             () = shutdown.cancelled() => {
                 let _ = framed.send(Frame::Goodbye { reason: "worker shutting down".into() }).await;
-                // Acks for what was handed over still arrive until the ingest task's final flush.
+                // Acks for what was handed over still arrive until the ingest task's final flush;
+                // the channel closes once the ingest task has dropped every pending batch.
+                drop(reply_tx);
                 while let Some(reply) = reply_rx.recv().await {
                     if framed.send(reply_frame(reply)).await.is_err() { break; }
                 }
@@ -274,14 +309,26 @@ fn check_batch(shared: &Shared, batch: &BatchFrame) -> Result<(usize, Arc<[usize
     let Some(stream) = catalog.stream_index(&batch.stream) else {
         return Err(Check::Reject(
             RejectCode::UnknownStream,
-            format!("unknown stream `{}` (this worker's app `{}` defines {})", batch.stream, catalog.name(),
-                catalog.streams().iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")),
+            format!(
+                "unknown stream `{}` (this worker's app `{}` defines {})",
+                batch.stream,
+                catalog.name(),
+                catalog
+                    .streams()
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         ));
     };
     if batch.event_count > shared.settings.max_batch_events {
         return Err(Check::Reject(
             RejectCode::TooLarge,
-            format!("{} events in one batch; the limit is {}", batch.event_count, shared.settings.max_batch_events),
+            format!(
+                "{} events in one batch; the limit is {}",
+                batch.event_count, shared.settings.max_batch_events
+            ),
         ));
     }
     let schema: &StreamSchema = &catalog.streams()[stream];
@@ -294,7 +341,10 @@ fn check_batch(shared: &Shared, batch: &BatchFrame) -> Result<(usize, Arc<[usize
             ));
         };
         if positions.contains(&p) {
-            return Err(Check::Reject(RejectCode::SchemaMismatch, format!("attribute `{col}` appears twice")));
+            return Err(Check::Reject(
+                RejectCode::SchemaMismatch,
+                format!("attribute `{col}` appears twice"),
+            ));
         }
         positions.push(p);
     }
@@ -309,24 +359,61 @@ fn check_batch(shared: &Shared, batch: &BatchFrame) -> Result<(usize, Arc<[usize
         }
         for (v, &p) in values.iter().zip(&positions) {
             if let Err(reason) = schema.check_value(p, *v) {
-                return Err(Check::Reject(RejectCode::SchemaMismatch, format!("event #{index}: {reason}")));
+                return Err(Check::Reject(
+                    RejectCode::SchemaMismatch,
+                    format!("event #{index}: {reason}"),
+                ));
             }
-            if let ValueRef::String(text) = v {
-                let chars = text.chars().count();
-                if chars > shared.settings.max_string_len {
-                    return Err(Check::Reject(
-                        RejectCode::Invalid,
-                        format!(
-                            "event #{index}: {}.{} is {chars} characters; the store holds at most {}",
-                            schema.name, schema.attributes[p].name, shared.settings.max_string_len
-                        ),
-                    ));
-                }
+            if let Err(reason) = check_stored_value(*v, shared.settings.max_string_len) {
+                return Err(Check::Reject(
+                    RejectCode::Invalid,
+                    format!(
+                        "event #{index}: {}.{}: {reason}",
+                        schema.name, schema.attributes[p].name
+                    ),
+                ));
+            }
+        }
+        for &(pos, agg, key) in catalog.key_columns(stream) {
+            let value = positions
+                .iter()
+                .position(|&p| p == pos)
+                .map_or(ValueRef::Null, |i| values[i]);
+            if let Err(e) = check_value(&catalog.layouts[agg], ColumnRef::Key(key), value) {
+                return Err(Check::Reject(
+                    RejectCode::Invalid,
+                    format!(
+                        "event #{index}: {}.{} is a group-by key of {}: {e}",
+                        schema.name, schema.attributes[pos].name, catalog.layouts[agg].aggregation
+                    ),
+                ));
             }
         }
         index += 1;
     }
     Ok((stream, positions.into()))
+}
+
+/// What every backend can store: strings of at most `max_chars` characters without NUL, finite
+/// floating-point numbers.
+fn check_stored_value(v: ValueRef<'_>, max_chars: usize) -> Result<(), String> {
+    match v {
+        ValueRef::String(text) => {
+            if text.contains('\0') {
+                return Err("strings must not contain NUL characters".into());
+            }
+            let chars = text.chars().count();
+            if chars > max_chars {
+                return Err(format!(
+                    "{chars} characters; the store holds at most {max_chars}"
+                ));
+            }
+            Ok(())
+        }
+        ValueRef::Float(x) if !x.is_finite() => Err(format!("{x} is not a finite number")),
+        ValueRef::Double(x) if !x.is_finite() => Err(format!("{x} is not a finite number")),
+        _ => Ok(()),
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

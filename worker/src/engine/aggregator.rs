@@ -75,7 +75,7 @@ struct MeasureFold {
 }
 
 /// A finest-granularity row's identity: bucket start and group-by values.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct RowKey {
     bucket: i64,
     keys: Box<[Value]>,
@@ -139,7 +139,7 @@ impl Equivalent<RowKey> for Probe<'_, '_> {
 }
 
 /// A partial aggregate being built (the row minus its identity).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Acc {
     last_event_ts: i64,
     /// Record order of the event that set `latest` (breaks event-time ties: later wins).
@@ -154,7 +154,7 @@ struct Acc {
 ///
 /// [`record`]: Aggregator::record
 /// [`drain`]: Aggregator::drain
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Aggregator {
     layout: Layout,
     finest: Option<Granularity>,

@@ -191,7 +191,16 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
 
 /// `shardtally-worker query --format json` → the records.
 pub fn query_records(db_url: &str, query: &str) -> Vec<Vec<serde_json::Value>> {
-    let (code, out, err) = run_cli(&[
+    query_records_with(db_url, &[], query)
+}
+
+/// As [`query_records`], with extra flags (`--app FILE`, …).
+pub fn query_records_with(
+    db_url: &str,
+    extra: &[&str],
+    query: &str,
+) -> Vec<Vec<serde_json::Value>> {
+    let mut args = vec![
         "query",
         "--database-url",
         db_url,
@@ -199,8 +208,10 @@ pub fn query_records(db_url: &str, query: &str) -> Vec<Vec<serde_json::Value>> {
         "true",
         "--format",
         "json",
-        query,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    args.push(query);
+    let (code, out, err) = run_cli(&args);
     assert_eq!(code, 0, "query failed: {err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json output");
     serde_json::from_value(v["records"].clone()).expect("records")
@@ -236,7 +247,11 @@ pub struct RawClient {
 
 impl RawClient {
     /// Connects and handshakes.
-    pub async fn connect(addr: SocketAddr, publisher_id: &str, token: &str) -> Result<RawClient, Frame> {
+    pub async fn connect(
+        addr: SocketAddr,
+        publisher_id: &str,
+        token: &str,
+    ) -> Result<RawClient, Frame> {
         let socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let mut framed = Framed::new(socket, FrameCodec::default());
         framed
@@ -256,7 +271,13 @@ impl RawClient {
     }
 
     /// Sends one batch of `rows` (values in `columns` order).
-    pub async fn send_batch(&mut self, seq: u64, stream: &str, columns: &[&str], rows: &[Vec<Value>]) {
+    pub async fn send_batch(
+        &mut self,
+        seq: u64,
+        stream: &str,
+        columns: &[&str],
+        rows: &[Vec<Value>],
+    ) {
         let mut enc = BatchEncoder::new(stream, columns).expect("encoder");
         for row in rows {
             let refs: Vec<_> = row.iter().map(Value::as_ref).collect();

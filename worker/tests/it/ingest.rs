@@ -6,7 +6,9 @@ use std::net::TcpStream;
 use serde_json::json;
 use shardtally_publisher::protocol::{ErrorCode, Frame, RejectCode, Value};
 
-use crate::cluster::{GEO_COLUMNS, RawClient, WorkerProc, http, naples_rows, query_records, read_some, serve_args};
+use crate::cluster::{
+    GEO_COLUMNS, RawClient, WorkerProc, http, naples_rows, query_records, read_some, serve_args,
+};
 use crate::common::{TestDb, on_every_backend};
 use shardtally_worker::store::Backend;
 
@@ -22,8 +24,12 @@ async fn the_same_batch_sent_to_two_workers_counts_once() {
         let w1 = WorkerProc::start(&serve_args(&db.url, "wso2-am-analytics-1"));
         let w2 = WorkerProc::start(&serve_args(&db.url, "wso2-am-analytics-2"));
         let rows = naples_rows(1_000);
-        let mut c1 = RawClient::connect(w1.listen, "gw-dup", "").await.expect("hello 1");
-        let mut c2 = RawClient::connect(w2.listen, "gw-dup", "").await.expect("hello 2");
+        let mut c1 = RawClient::connect(w1.listen, "gw-dup", "")
+            .await
+            .expect("hello 1");
+        let mut c2 = RawClient::connect(w2.listen, "gw-dup", "")
+            .await
+            .expect("hello 2");
         // Both workers receive batch 7 (a publisher re-sending after a lost ack); both must ack it.
         c1.send_batch(7, "geoTempStream", &GEO_COLUMNS, &rows).await;
         c2.send_batch(7, "geoTempStream", &GEO_COLUMNS, &rows).await;
@@ -33,7 +39,8 @@ async fn the_same_batch_sent_to_two_workers_counts_once() {
         c1.send_batch(7, "geoTempStream", &GEO_COLUMNS, &rows).await;
         assert_eq!(c1.recv().await, Frame::Ack { seq: 7 });
         // A different batch id does count.
-        c2.send_batch(8, "geoTempStream", &GEO_COLUMNS, &rows[..250]).await;
+        c2.send_batch(8, "geoTempStream", &GEO_COLUMNS, &rows[..250])
+            .await;
         assert_eq!(c2.recv().await, Frame::Ack { seq: 8 });
         assert_eq!(query_records(&db.url, HOUR_QUERY), naples(1_250));
         db
@@ -45,23 +52,50 @@ async fn the_same_batch_sent_to_two_workers_counts_once() {
 async fn invalid_batches_are_rejected_and_never_counted() {
     let db = TestDb::fresh(Backend::Sqlite).await;
     let w = WorkerProc::start(&serve_args(&db.url, "node-a"));
-    let mut c = RawClient::connect(w.listen, "gw-bad", "").await.expect("hello");
+    let mut c = RawClient::connect(w.listen, "gw-bad", "")
+        .await
+        .expect("hello");
     assert_eq!(c.welcome.node_id, "node-a");
     assert_eq!(c.welcome.shard_id, "node-a");
     assert_eq!(c.welcome.streams[0].name, "geoTempStream");
 
-    c.send_batch(1, "noSuchStream", &GEO_COLUMNS, &naples_rows(3)).await;
-    assert!(matches!(c.recv().await, Frame::Reject { seq: 1, code: RejectCode::UnknownStream, .. }));
+    c.send_batch(1, "noSuchStream", &GEO_COLUMNS, &naples_rows(3))
+        .await;
+    assert!(matches!(
+        c.recv().await,
+        Frame::Reject {
+            seq: 1,
+            code: RejectCode::UnknownStream,
+            ..
+        }
+    ));
 
-    c.send_batch(2, "geoTempStream", &["apiName", "planet"], &[vec![Value::from("x"), Value::from("Mars")]]).await;
-    assert!(matches!(c.recv().await, Frame::Reject { seq: 2, code: RejectCode::SchemaMismatch, .. }));
+    c.send_batch(
+        2,
+        "geoTempStream",
+        &["apiName", "planet"],
+        &[vec![Value::from("x"), Value::from("Mars")]],
+    )
+    .await;
+    assert!(matches!(
+        c.recv().await,
+        Frame::Reject {
+            seq: 2,
+            code: RejectCode::SchemaMismatch,
+            ..
+        }
+    ));
 
     // requestTimestamp is a long; a string there is a schema mismatch.
     let mut bad = naples_rows(2);
     bad[1][3] = Value::from("yesterday");
     c.send_batch(3, "geoTempStream", &GEO_COLUMNS, &bad).await;
     match c.recv().await {
-        Frame::Reject { seq: 3, code: RejectCode::SchemaMismatch, reason } => {
+        Frame::Reject {
+            seq: 3,
+            code: RejectCode::SchemaMismatch,
+            reason,
+        } => {
             assert!(reason.contains("event #1"), "{reason}");
             assert!(reason.contains("requestTimestamp"), "{reason}");
         }
@@ -69,7 +103,8 @@ async fn invalid_batches_are_rejected_and_never_counted() {
     }
 
     // The connection still works, and only the valid batch counts.
-    c.send_batch(4, "geoTempStream", &GEO_COLUMNS, &naples_rows(10)).await;
+    c.send_batch(4, "geoTempStream", &GEO_COLUMNS, &naples_rows(10))
+        .await;
     assert_eq!(c.recv().await, Frame::Ack { seq: 4 });
     assert_eq!(query_records(&db.url, HOUR_QUERY), naples(10));
     drop(w);
@@ -89,32 +124,58 @@ async fn garbage_oversize_and_wrong_tokens_close_one_connection_not_the_worker()
 
     // Junk bytes: an ERROR frame comes back and the connection closes.
     let mut junk = TcpStream::connect(w.listen).expect("connect");
-    junk.write_all(b"\x00\x00\x00\x05\xffGARBAGE").expect("write");
+    junk.write_all(b"\x00\x00\x00\x05\xffGARBAGE")
+        .expect("write");
     let answer = read_some(&mut junk, 1024);
-    assert!(answer.len() > 5 && answer[4] == 0x08, "expected an ERROR frame, got {answer:?}");
+    assert!(
+        answer.len() > 5 && answer[4] == 0x08,
+        "expected an ERROR frame, got {answer:?}"
+    );
 
     // A 4 GiB length prefix: refused before allocating.
     let mut huge = TcpStream::connect(w.listen).expect("connect");
-    huge.write_all(&[0xff, 0xff, 0xff, 0xff, 0x01]).expect("write");
+    huge.write_all(&[0xff, 0xff, 0xff, 0xff, 0x01])
+        .expect("write");
     let answer = read_some(&mut huge, 1024);
-    assert!(answer.len() > 5 && answer[4] == 0x08, "expected an ERROR frame, got {answer:?}");
+    assert!(
+        answer.len() > 5 && answer[4] == 0x08,
+        "expected an ERROR frame, got {answer:?}"
+    );
 
     // A wrong token: rejected before any event is read.
     match RawClient::connect(w.listen, "intruder", "wrong").await {
-        Err(Frame::Error { code: ErrorCode::AuthFailed, .. }) => {}
-        other => panic!("expected an auth failure, got {:?}", other.map(|c| c.welcome)),
+        Err(Frame::Error {
+            code: ErrorCode::AuthFailed,
+            ..
+        }) => {}
+        other => panic!(
+            "expected an auth failure, got {:?}",
+            other.map(|c| c.welcome)
+        ),
     }
 
     // The worker still serves a valid publisher, and counts exactly its events.
-    let mut c = RawClient::connect(w.listen, "gw-ok", "s3cret").await.expect("hello");
-    c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(42)).await;
+    let mut c = RawClient::connect(w.listen, "gw-ok", "s3cret")
+        .await
+        .expect("hello");
+    c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(42))
+        .await;
     assert_eq!(c.recv().await, Frame::Ack { seq: 1 });
     assert_eq!(query_records(&db.url, HOUR_QUERY), naples(42));
 
     let (status, metrics) = http(w.http, "GET", "/metrics", "");
     assert_eq!(status, 200);
-    assert!(metrics.contains("shardtally_auth_failures_total{node_id=\"node-a\",shard_id=\"node-a\"} 1\n"), "{metrics}");
-    assert!(metrics.contains("shardtally_events_committed_total{node_id=\"node-a\",shard_id=\"node-a\"} 42\n"), "{metrics}");
+    assert!(
+        metrics
+            .contains("shardtally_auth_failures_total{node_id=\"node-a\",shard_id=\"node-a\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "shardtally_events_committed_total{node_id=\"node-a\",shard_id=\"node-a\"} 42\n"
+        ),
+        "{metrics}"
+    );
     drop(w);
     db.cleanup().await;
 }
@@ -123,8 +184,11 @@ async fn garbage_oversize_and_wrong_tokens_close_one_connection_not_the_worker()
 async fn http_store_api_answers_like_siddhi() {
     let db = TestDb::fresh(Backend::Sqlite).await;
     let w = WorkerProc::start(&serve_args(&db.url, "node-a"));
-    let mut c = RawClient::connect(w.listen, "gw-http", "").await.expect("hello");
-    c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(30)).await;
+    let mut c = RawClient::connect(w.listen, "gw-http", "")
+        .await
+        .expect("hello");
+    c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(30))
+        .await;
     assert_eq!(c.recv().await, Frame::Ack { seq: 1 });
 
     let body = json!({ "appName": "APIM_ANALYTICS_GEO", "query": HOUR_QUERY }).to_string();
@@ -137,7 +201,8 @@ async fn http_store_api_answers_like_siddhi() {
     assert_eq!(http(w.http, "POST", "/stores/query", &unknown).0, 404);
     let empty = json!({ "appName": "APIM_ANALYTICS_GEO", "query": "" }).to_string();
     assert_eq!(http(w.http, "POST", "/stores/query", &empty).0, 400);
-    let bad = json!({ "appName": "APIM_ANALYTICS_GEO", "query": "from GeoLocationAgg within" }).to_string();
+    let bad = json!({ "appName": "APIM_ANALYTICS_GEO", "query": "from GeoLocationAgg within" })
+        .to_string();
     assert_eq!(http(w.http, "POST", "/stores/query", &bad).0, 400);
 
     let (status, health) = http(w.http, "GET", "/health", "");

@@ -2,5 +2,8 @@
 //! SQLite always, and on PostgreSQL and MySQL/MariaDB when `SHARDTALLY_TEST_POSTGRES_URL` /
 //! `SHARDTALLY_TEST_MYSQL_URL` are set (with `CI=true`, a missing URL is a failure).
 
+mod cluster;
 mod common;
+mod ingest;
+mod shard_rules;
 mod store;

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::cluster::{GEO_COLUMNS, RawClient, WorkerProc, naples_rows, query_records, run_cli, serve_args};
+use crate::cluster::{
+    GEO_COLUMNS, RawClient, WorkerProc, naples_rows, query_records_with, run_cli, serve_args,
+};
 use crate::common::on_every_backend;
 use shardtally_publisher::protocol::Frame;
 
@@ -15,7 +17,9 @@ async fn shard_id_longer_than_20_characters_is_refused() {
     let url = format!("sqlite://{}/x.db", dir.display());
     let mut args = serve_args(&url, "wso2-am-analytics-node-1");
     args.retain(|a| a != "--partition-by-id" && a != "true");
-    let refused = WorkerProc::try_start(&args, Duration::from_secs(30)).err().expect("must not start");
+    let refused = WorkerProc::try_start(&args, Duration::from_secs(30))
+        .err()
+        .expect("must not start");
     assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
     assert!(refused.stderr.contains("shard-id"), "{}", refused.stderr);
     assert!(refused.stderr.contains("at most 20"), "{}", refused.stderr);
@@ -31,7 +35,9 @@ async fn changed_shard_id_is_refused_unless_overridden() {
 
         let mut changed = serve_args(&db.url, "node-a");
         changed.extend(["--shard-id".into(), "shard-b".into()]);
-        let refused = WorkerProc::try_start(&changed, Duration::from_secs(30)).err().expect("must refuse");
+        let refused = WorkerProc::try_start(&changed, Duration::from_secs(30))
+            .err()
+            .expect("must refuse");
         assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
         assert!(refused.stderr.contains("shard-a"), "{}", refused.stderr);
         assert!(refused.stderr.contains("shard-b"), "{}", refused.stderr);
@@ -53,9 +59,15 @@ async fn a_shard_served_by_another_live_node_is_refused_at_once() {
         let mut b = serve_args(&db.url, "node-b");
         b.extend(["--shard-id".into(), "shared".into()]);
         let started = std::time::Instant::now();
-        let refused = WorkerProc::try_start(&b, Duration::from_secs(30)).err().expect("must refuse");
+        let refused = WorkerProc::try_start(&b, Duration::from_secs(30))
+            .err()
+            .expect("must refuse");
         assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
-        assert!(refused.stderr.contains("live node `node-a`"), "{}", refused.stderr);
+        assert!(
+            refused.stderr.contains("live node `node-a`"),
+            "{}",
+            refused.stderr
+        );
         // Refused at once, not after waiting for the lease (2 s) to expire.
         assert!(started.elapsed() < Duration::from_secs(20));
         db
@@ -88,9 +100,17 @@ async fn graceful_stop_releases_the_lease_for_another_node() {
         let mut first = WorkerProc::start(&a);
         assert!(first.terminate().success());
         let mut b = serve_args(&db.url, "node-b");
-        b.extend(["--shard-id".into(), "handover".into(), "--allow-shard-change".into()]);
+        b.extend([
+            "--shard-id".into(),
+            "handover".into(),
+            "--allow-shard-change".into(),
+        ]);
         let second = WorkerProc::start(&b);
-        assert!(!second.log_text().contains("waiting"), "{}", second.log_text());
+        assert!(
+            !second.log_text().contains("waiting"),
+            "{}",
+            second.log_text()
+        );
         db
     })
     .await;
@@ -99,24 +119,53 @@ async fn graceful_stop_releases_the_lease_for_another_node() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tables_without_shard_id_are_refused_then_migrated_without_loss() {
     on_every_backend(|db| async move {
+        // The seeds' app without its @PartitionById annotation, so the global flag decides.
+        let dir = tempdir();
+        let app = dir.join("geo.siddhi");
+        let text =
+            shardtally_worker::siddhi::BUNDLED_GEO_APP.replace("@PartitionById(enable='true')", "");
+        assert_ne!(text, shardtally_worker::siddhi::BUNDLED_GEO_APP);
+        std::fs::write(&app, text).expect("app");
+        let app = app.display().to_string();
+        let with_app = |mut args: Vec<String>| {
+            args.extend(["--app".to_owned(), app.clone()]);
+            args
+        };
         // Unpartitioned first: tables without SHARD_ID, 500 events in them.
-        let mut plain = serve_args(&db.url, "node-a");
-        let i = plain.iter().position(|a| a == "--partition-by-id").expect("flag");
+        let mut plain = with_app(serve_args(&db.url, "node-a"));
+        let i = plain
+            .iter()
+            .position(|a| a == "--partition-by-id")
+            .expect("flag");
         plain[i + 1] = "false".into();
         let mut w = WorkerProc::start(&plain);
-        let mut c = RawClient::connect(w.listen, "migrate-test", "").await.expect("handshake");
-        c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(500)).await;
+        let mut c = RawClient::connect(w.listen, "migrate-test", "")
+            .await
+            .expect("handshake");
+        c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(500))
+            .await;
         assert_eq!(c.recv().await, Frame::Ack { seq: 1 });
         assert!(w.terminate().success());
 
         // Partitioning on: refused with both remedies, nothing dropped.
-        let refused = WorkerProc::try_start(&serve_args(&db.url, "node-a"), Duration::from_secs(30))
-            .err()
-            .expect("must refuse");
+        let refused = WorkerProc::try_start(
+            &with_app(serve_args(&db.url, "node-a")),
+            Duration::from_secs(30),
+        )
+        .err()
+        .expect("must refuse");
         assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
         assert!(refused.stderr.contains("SHARD_ID"), "{}", refused.stderr);
-        assert!(refused.stderr.contains("migrate --add-shard-id"), "{}", refused.stderr);
-        assert!(refused.stderr.to_lowercase().contains("drop"), "{}", refused.stderr);
+        assert!(
+            refused.stderr.contains("migrate --add-shard-id"),
+            "{}",
+            refused.stderr
+        );
+        assert!(
+            refused.stderr.to_lowercase().contains("drop"),
+            "{}",
+            refused.stderr
+        );
 
         let (code, out, err) = run_cli(&[
             "migrate",
@@ -126,15 +175,21 @@ async fn tables_without_shard_id_are_refused_then_migrated_without_loss() {
             "node-a",
             "--partition-by-id",
             "true",
+            "--app",
+            &app,
             "--add-shard-id",
         ]);
         assert_eq!(code, 0, "{err}");
         assert!(out.contains("GeoLocationAgg_HOURS"), "{out}");
 
-        let _w = WorkerProc::start(&serve_args(&db.url, "node-a"));
+        let _w = WorkerProc::start(&with_app(serve_args(&db.url, "node-a")));
         assert_eq!(
-            query_records(&db.url, HOUR_QUERY),
-            vec![vec![serde_json::json!("Italy"), serde_json::json!("Naples"), serde_json::json!(500)]]
+            query_records_with(&db.url, &["--app", &app], HOUR_QUERY),
+            vec![vec![
+                serde_json::json!("Italy"),
+                serde_json::json!("Naples"),
+                serde_json::json!(500)
+            ]]
         );
         db
     })
