@@ -89,6 +89,7 @@ impl Batcher {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn limits(&self) -> BatchLimits {
         self.limits
     }
