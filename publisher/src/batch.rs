@@ -5,6 +5,7 @@
 //! and hands sealed batches to the background task in seal order.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,10 +66,36 @@ pub(crate) enum SchemaSource {
     Learned,
 }
 
+/// FNV-1a: stream names are short and chosen by the application, so a fast non-keyed hash is
+/// fine for the per-event lookup.
+#[derive(Debug, Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// The open batches of every stream.
 #[derive(Debug)]
 pub(crate) struct Batcher {
-    slots: HashMap<String, StreamSlot>,
+    slots: HashMap<String, StreamSlot, BuildHasherDefault<Fnv>>,
+    /// Events accepted (appended to a batch).
+    published: u64,
     /// Some schema is known: events of other streams are refused.
     schemas_known: bool,
     schemas_given: bool,
@@ -80,7 +107,8 @@ pub(crate) struct Batcher {
 impl Batcher {
     pub(crate) fn new(limits: BatchLimits, record_times: bool) -> Batcher {
         Batcher {
-            slots: HashMap::new(),
+            slots: HashMap::default(),
+            published: 0,
             schemas_known: false,
             schemas_given: false,
             next_seq: 0,
@@ -209,7 +237,9 @@ impl Batcher {
             let columns: Vec<String> = schema.attributes.iter().map(|a| a.name.clone()).collect();
             replace_open(slot, Some(schema), columns, next_seq, sealed)?;
         }
-        append(slot, values, limits, record, next_seq, reserve, sealed)
+        append(slot, values, limits, record, next_seq, reserve, sealed)?;
+        self.published += 1;
+        Ok(())
     }
 
     /// Appends a named-field event: mapped onto the schema when known (missing fields are null;
@@ -268,7 +298,9 @@ impl Batcher {
                 let columns = schema.attributes.iter().map(|a| a.name.clone()).collect();
                 replace_open(slot, Some(schema), columns, next_seq, sealed)?;
             }
-            return append(slot, &values, limits, record, next_seq, reserve, sealed);
+            append(slot, &values, limits, record, next_seq, reserve, sealed)?;
+            self.published += 1;
+            return Ok(());
         }
         // No schema: the columns are the events' field names.
         let fits = slot.open.as_ref().is_some_and(|o| {
@@ -290,7 +322,9 @@ impl Batcher {
                 values[pos] = v.as_ref();
             }
         }
-        append(slot, &values, limits, record, next_seq, reserve, sealed)
+        append(slot, &values, limits, record, next_seq, reserve, sealed)?;
+        self.published += 1;
+        Ok(())
     }
 
     /// Seals every non-empty batch opened at or before `now - linger`.
@@ -320,6 +354,11 @@ impl Batcher {
                 sealed(seal(open, &slot.name, &mut self.next_seq));
             }
         }
+    }
+
+    /// Events accepted so far.
+    pub(crate) fn published(&self) -> u64 {
+        self.published
     }
 
     /// The sequence number the next sealed batch gets.

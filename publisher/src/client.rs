@@ -104,7 +104,7 @@ impl Shared {
 
     fn count(&self, result: &Result<(), PublishError>) {
         match result {
-            Ok(()) => Counters::add(&self.counters.published, 1),
+            Ok(()) => {}
             Err(
                 PublishError::UnknownStream { .. }
                 | PublishError::UnknownAttribute { .. }
@@ -331,10 +331,11 @@ impl Publisher {
         let c = &shared.counters;
         let buffered = shared.buffer.events();
         let in_flight = Counters::get(&c.in_flight);
+        let published = shared.lock_batcher().published();
         let reasons = c.reasons.lock().unwrap_or_else(|e| e.into_inner());
         Stats {
             publisher_id: shared.settings.publisher_id.clone(),
-            published: Counters::get(&c.published),
+            published,
             queued: buffered.saturating_sub(in_flight),
             in_flight,
             buffered_bytes: shared.buffer.bytes(),

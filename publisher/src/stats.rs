@@ -103,7 +103,6 @@ pub struct EndpointStats {
 /// Lock-free counters shared by the handle and the background task.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) published: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) acked: AtomicU64,
     pub(crate) batches: AtomicU64,
