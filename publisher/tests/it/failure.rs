@@ -269,3 +269,35 @@ async fn a_wrong_auth_token_keeps_the_worker_unused() {
     assert_eq!(a.received_batches(), 0);
     assert_eq!(ledger.events(), 0);
 }
+
+#[tokio::test]
+async fn a_tls_endpoint_reports_that_tls_is_not_supported_yet() {
+    let ledger = Ledger::new();
+    let b = TestServer::start(ServerConfig::new("b"), ledger.clone()).await;
+    let addr = free_addr().await;
+    let publisher = Publisher::builder(&format!("{{ssl://{addr}|{}}}", b.url()))
+        .schema(geo_schema())
+        .build()
+        .unwrap();
+    let tls_url = format!("tls://{addr}");
+    wait_until(10, "tls endpoint down", || {
+        endpoint(&publisher.stats(), &tls_url).state == EndpointState::Down
+    })
+    .await;
+    assert_eq!(
+        endpoint(&publisher.stats(), &tls_url).last_error.as_deref(),
+        Some(format!("TLS is not yet supported ({tls_url}); use tcp://").as_str())
+    );
+    bounded(30, "publish and flush", async {
+        for i in 0..10 {
+            publisher
+                .publish_values("geo", &geo_values(i))
+                .await
+                .unwrap();
+        }
+        publisher.flush().await.unwrap();
+    })
+    .await;
+    assert_eq!(endpoint(&publisher.stats(), &b.url()).acked, 10);
+    ledger.assert_each_ts_once(10);
+}
