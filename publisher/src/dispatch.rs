@@ -167,7 +167,6 @@ impl Dispatcher {
         let cancel = self.cancel.clone();
         loop {
             tokio::select! {
-                biased;
                 () = cancel.cancelled() => {
                     self.shutdown(&mut commands);
                     return;
