@@ -145,6 +145,10 @@ impl BatchEncoder {
         let count_at = self.header.len() - 4;
         self.buf[count_at..count_at + 4].copy_from_slice(&self.count.to_be_bytes());
         let frame = self.buf.split().freeze();
+        // The next batch of this stream is likely about the size of this one: allocate it at
+        // once rather than growing (and copying) it step by step — but not much more, as a
+        // sealed frame keeps its allocation until it is acked.
+        self.capacity_hint = frame.len() + frame.len() / 8;
         self.start();
         frame
     }

@@ -1,0 +1,775 @@
+//! Open batches: events are encoded straight into the BATCH frame of their stream, which is
+//! sealed (given its sequence number) when it is full, has lingered, or on flush.
+//!
+//! [`Batcher`] is synchronous and knows nothing of sockets; the client keeps it behind one mutex
+//! and hands sealed batches to the background task in seal order.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::error::PublishError;
+use crate::event::Event;
+use crate::protocol::{AttrType, BatchEncoder, LEN_PREFIX, StreamSchema, Value, ValueRef};
+
+/// A batch ready to send: its complete frame and what the buffer holds for it.
+#[derive(Debug, Clone)]
+pub(crate) struct SealedBatch {
+    pub(crate) seq: u64,
+    pub(crate) stream: Arc<str>,
+    pub(crate) events: u32,
+    /// Encoded event bytes (what the buffer reserved for them).
+    pub(crate) event_bytes: u64,
+    /// The complete BATCH frame, length prefix included.
+    pub(crate) frame: Bytes,
+    /// When the first event was published (the delivery deadline counts from here).
+    pub(crate) opened_at: Instant,
+    /// Per-event publish times (only when delivery reports are enabled).
+    pub(crate) published_at: Vec<Instant>,
+}
+
+/// Batch size limits: the configured ones, lowered by what workers announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchLimits {
+    pub(crate) max_events: u32,
+    /// Complete frame size, length prefix included.
+    pub(crate) max_bytes: usize,
+}
+
+#[derive(Debug)]
+struct OpenBatch {
+    encoder: BatchEncoder,
+    /// The schema the columns come from (`None`: columns taken from the events' field names).
+    schema: Option<Arc<StreamSchema>>,
+    columns: Vec<String>,
+    opened_at: Option<Instant>,
+    published_at: Vec<Instant>,
+    event_bytes: u64,
+}
+
+#[derive(Debug)]
+struct StreamSlot {
+    name: Arc<str>,
+    schema: Option<Arc<StreamSchema>>,
+    open: Option<OpenBatch>,
+}
+
+/// Where schemas come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SchemaSource {
+    /// Given to the builder: authoritative, never replaced.
+    Given,
+    /// Announced by a worker at handshake.
+    Learned,
+}
+
+/// FNV-1a: stream names are short and chosen by the application, so a fast non-keyed hash is
+/// fine for the per-event lookup.
+#[derive(Debug, Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The open batches of every stream.
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    slots: HashMap<String, StreamSlot, BuildHasherDefault<Fnv>>,
+    /// Events accepted (appended to a batch).
+    published: u64,
+    /// Some schema is known: events of other streams are refused.
+    schemas_known: bool,
+    schemas_given: bool,
+    next_seq: u64,
+    limits: BatchLimits,
+    record_times: bool,
+}
+
+impl Batcher {
+    pub(crate) fn new(limits: BatchLimits, record_times: bool) -> Batcher {
+        Batcher {
+            slots: HashMap::default(),
+            published: 0,
+            schemas_known: false,
+            schemas_given: false,
+            next_seq: 0,
+            limits,
+            record_times,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn limits(&self) -> BatchLimits {
+        self.limits
+    }
+
+    /// Lowers the limits to what a worker accepts (`max_frame_len` is the `len` field's limit).
+    pub(crate) fn apply_peer_limits(&mut self, max_frame_len: u32, max_batch_events: u32) {
+        if max_batch_events > 0 {
+            self.limits.max_events = self.limits.max_events.min(max_batch_events);
+        }
+        if max_frame_len > 0 {
+            let frame = usize::try_from(max_frame_len)
+                .unwrap_or(usize::MAX)
+                .saturating_add(LEN_PREFIX);
+            self.limits.max_bytes = self.limits.max_bytes.min(frame);
+        }
+    }
+
+    /// Adds a schema. Given schemas win over learned ones; a learned schema for a stream that
+    /// already has one is ignored (returns `false` when it differs, for a warning).
+    pub(crate) fn add_schema(&mut self, schema: StreamSchema, source: SchemaSource) -> bool {
+        if source == SchemaSource::Learned && self.schemas_given {
+            return true;
+        }
+        if source == SchemaSource::Given {
+            self.schemas_given = true;
+        }
+        self.schemas_known = true;
+        let slot = self
+            .slots
+            .entry(schema.name.clone())
+            .or_insert_with(|| StreamSlot {
+                name: Arc::from(schema.name.as_str()),
+                schema: None,
+                open: None,
+            });
+        match &slot.schema {
+            Some(existing) if source == SchemaSource::Learned => **existing == schema,
+            _ => {
+                slot.schema = Some(Arc::new(schema));
+                true
+            }
+        }
+    }
+
+    /// The schema of a stream, if known.
+    pub(crate) fn schema(&self, stream: &str) -> Option<&Arc<StreamSchema>> {
+        self.slots.get(stream).and_then(|s| s.schema.as_ref())
+    }
+
+    fn unknown_stream(&self, stream: &str) -> PublishError {
+        let mut known: Vec<String> = self
+            .slots
+            .values()
+            .filter(|s| s.schema.is_some())
+            .map(|s| s.name.to_string())
+            .collect();
+        known.sort();
+        PublishError::UnknownStream {
+            stream: stream.to_owned(),
+            known,
+        }
+    }
+
+    /// Appends positional values (schema order) to the stream's open batch.
+    ///
+    /// `reserve` is called with the event's encoded size once the event is known valid; its
+    /// error is returned as is. Sealed batches go to `sealed`.
+    pub(crate) fn push_values(
+        &mut self,
+        stream: &str,
+        values: &[ValueRef<'_>],
+        reserve: impl FnOnce(u64) -> Result<(), PublishError>,
+        sealed: &mut impl FnMut(SealedBatch),
+    ) -> Result<(), PublishError> {
+        let Some(slot) = self.slots.get_mut(stream) else {
+            return Err(if self.schemas_known {
+                self.unknown_stream(stream)
+            } else {
+                PublishError::SchemaRequired {
+                    stream: stream.to_owned(),
+                }
+            });
+        };
+        let Some(schema) = &slot.schema else {
+            return Err(PublishError::SchemaRequired {
+                stream: stream.to_owned(),
+            });
+        };
+        if values.len() != schema.attributes.len() {
+            return Err(PublishError::WrongArity {
+                stream: stream.to_owned(),
+                expected: schema.attributes.len(),
+                got: values.len(),
+            });
+        }
+        for (attr, v) in schema.attributes.iter().zip(values) {
+            if let Some(got) = v.attr_type()
+                && got != attr.ty
+            {
+                return Err(PublishError::TypeMismatch {
+                    stream: stream.to_owned(),
+                    attribute: attr.name.clone(),
+                    expected: attr.ty,
+                    got,
+                });
+            }
+        }
+        let schema = Arc::clone(schema);
+        let limits = self.limits;
+        let record = self.record_times;
+        let next_seq = &mut self.next_seq;
+        if !slot
+            .open
+            .as_ref()
+            .is_some_and(|o| o.schema.as_ref().is_some_and(|s| Arc::ptr_eq(s, &schema)))
+        {
+            let columns: Vec<String> = schema.attributes.iter().map(|a| a.name.clone()).collect();
+            replace_open(slot, Some(schema), columns, next_seq, sealed)?;
+        }
+        append(slot, values, limits, record, next_seq, reserve, sealed)?;
+        self.published += 1;
+        Ok(())
+    }
+
+    /// Appends a named-field event: mapped onto the schema when known (missing fields are null;
+    /// `int` widens to `long`/`double`, `float` to `double`), else onto columns named after its
+    /// fields.
+    pub(crate) fn push_event(
+        &mut self,
+        stream: &str,
+        event: &Event,
+        reserve: impl FnOnce(u64) -> Result<(), PublishError>,
+        sealed: &mut impl FnMut(SealedBatch),
+    ) -> Result<(), PublishError> {
+        if !self.slots.contains_key(stream) {
+            if self.schemas_known {
+                return Err(self.unknown_stream(stream));
+            }
+            self.slots.insert(
+                stream.to_owned(),
+                StreamSlot {
+                    name: Arc::from(stream),
+                    schema: None,
+                    open: None,
+                },
+            );
+        }
+        let limits = self.limits;
+        let record = self.record_times;
+        let next_seq = &mut self.next_seq;
+        let Some(slot) = self.slots.get_mut(stream) else {
+            return Err(PublishError::Closed);
+        };
+        if let Some(schema) = &slot.schema {
+            let mut values = vec![ValueRef::Null; schema.attributes.len()];
+            for (name, v) in event.fields() {
+                let Some(pos) = schema.position(name) else {
+                    return Err(PublishError::UnknownAttribute {
+                        stream: stream.to_owned(),
+                        attribute: name.to_owned(),
+                        known: schema.attributes.iter().map(|a| a.name.clone()).collect(),
+                    });
+                };
+                let attr = &schema.attributes[pos];
+                values[pos] = coerce(v, attr.ty).ok_or_else(|| PublishError::TypeMismatch {
+                    stream: stream.to_owned(),
+                    attribute: attr.name.clone(),
+                    expected: attr.ty,
+                    got: v.attr_type().unwrap_or(attr.ty),
+                })?;
+            }
+            let schema = Arc::clone(schema);
+            if !slot
+                .open
+                .as_ref()
+                .is_some_and(|o| o.schema.as_ref().is_some_and(|s| Arc::ptr_eq(s, &schema)))
+            {
+                let columns = schema.attributes.iter().map(|a| a.name.clone()).collect();
+                replace_open(slot, Some(schema), columns, next_seq, sealed)?;
+            }
+            append(slot, &values, limits, record, next_seq, reserve, sealed)?;
+            self.published += 1;
+            return Ok(());
+        }
+        // No schema: the columns are the events' field names.
+        let fits = slot.open.as_ref().is_some_and(|o| {
+            o.schema.is_none()
+                && event
+                    .fields()
+                    .all(|(n, _)| o.columns.iter().any(|c| c == n))
+        });
+        if !fits {
+            let columns = event.fields().map(|(n, _)| n.to_owned()).collect();
+            replace_open(slot, None, columns, next_seq, sealed)?;
+        }
+        let Some(open) = &slot.open else {
+            return Err(PublishError::Closed);
+        };
+        let mut values = vec![ValueRef::Null; open.columns.len()];
+        for (name, v) in event.fields() {
+            if let Some(pos) = open.columns.iter().position(|c| c == name) {
+                values[pos] = v.as_ref();
+            }
+        }
+        append(slot, &values, limits, record, next_seq, reserve, sealed)?;
+        self.published += 1;
+        Ok(())
+    }
+
+    /// Seals every non-empty batch opened at or before `now - linger`.
+    pub(crate) fn seal_lingering(
+        &mut self,
+        now: Instant,
+        linger: Duration,
+        sealed: &mut impl FnMut(SealedBatch),
+    ) {
+        for slot in self.slots.values_mut() {
+            if let Some(open) = &mut slot.open
+                && open
+                    .opened_at
+                    .is_some_and(|t| now.saturating_duration_since(t) >= linger)
+            {
+                sealed(seal(open, &slot.name, &mut self.next_seq));
+            }
+        }
+    }
+
+    /// Seals every non-empty batch.
+    pub(crate) fn seal_all(&mut self, sealed: &mut impl FnMut(SealedBatch)) {
+        for slot in self.slots.values_mut() {
+            if let Some(open) = &mut slot.open
+                && !open.encoder.is_empty()
+            {
+                sealed(seal(open, &slot.name, &mut self.next_seq));
+            }
+        }
+    }
+
+    /// Events accepted so far.
+    pub(crate) fn published(&self) -> u64 {
+        self.published
+    }
+
+    /// The sequence number the next sealed batch gets.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+}
+
+/// Casts a value to the attribute's type when that loses nothing.
+fn coerce(v: &Value, ty: AttrType) -> Option<ValueRef<'_>> {
+    let r = v.as_ref();
+    match (r.attr_type(), ty) {
+        (None, _) => Some(ValueRef::Null),
+        (Some(t), ty) if t == ty => Some(r),
+        (Some(AttrType::Int), AttrType::Long) => match r {
+            ValueRef::Int(x) => Some(ValueRef::Long(i64::from(x))),
+            _ => None,
+        },
+        (Some(AttrType::Int), AttrType::Double) => match r {
+            ValueRef::Int(x) => Some(ValueRef::Double(f64::from(x))),
+            _ => None,
+        },
+        (Some(AttrType::Float), AttrType::Double) => match r {
+            ValueRef::Float(x) => Some(ValueRef::Double(f64::from(x))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Seals the slot's open batch (if it has events) and opens an empty one with these columns.
+fn replace_open(
+    slot: &mut StreamSlot,
+    schema: Option<Arc<StreamSchema>>,
+    columns: Vec<String>,
+    next_seq: &mut u64,
+    sealed: &mut impl FnMut(SealedBatch),
+) -> Result<(), PublishError> {
+    if let Some(open) = &mut slot.open
+        && !open.encoder.is_empty()
+    {
+        sealed(seal(open, &slot.name, next_seq));
+    }
+    let encoder = BatchEncoder::new(&slot.name, &columns).map_err(|e| {
+        PublishError::Event(crate::error::EventError::Custom(format!(
+            "cannot encode stream {:?}: {e}",
+            slot.name
+        )))
+    })?;
+    slot.open = Some(OpenBatch {
+        encoder,
+        schema,
+        columns,
+        opened_at: None,
+        published_at: Vec::new(),
+        event_bytes: 0,
+    });
+    Ok(())
+}
+
+fn append(
+    slot: &mut StreamSlot,
+    values: &[ValueRef<'_>],
+    limits: BatchLimits,
+    record: bool,
+    next_seq: &mut u64,
+    reserve: impl FnOnce(u64) -> Result<(), PublishError>,
+    sealed: &mut impl FnMut(SealedBatch),
+) -> Result<(), PublishError> {
+    let Some(open) = &mut slot.open else {
+        return Err(PublishError::Closed);
+    };
+    let ev_len = BatchEncoder::event_len(values);
+    if open.encoder.header_len() + ev_len > limits.max_bytes {
+        return Err(PublishError::EventTooLarge {
+            bytes: open.encoder.header_len() + ev_len,
+            max: limits.max_bytes,
+        });
+    }
+    if !open.encoder.is_empty() && open.encoder.encoded_len() + ev_len > limits.max_bytes {
+        sealed(seal(open, &slot.name, next_seq));
+    }
+    let ev_len64 = u64::try_from(ev_len).unwrap_or(u64::MAX);
+    reserve(ev_len64)?;
+    if let Err(e) = open.encoder.push_event(values) {
+        // Cannot happen for a checked event (column count matches, strings < 4 GiB as the
+        // frame limit is lower); reported rather than panicking.
+        return Err(PublishError::Event(crate::error::EventError::Custom(
+            e.to_string(),
+        )));
+    }
+    open.event_bytes += ev_len64;
+    if open.opened_at.is_none() || record {
+        let now = Instant::now();
+        if open.opened_at.is_none() {
+            open.opened_at = Some(now);
+        }
+        if record {
+            open.published_at.push(now);
+        }
+    }
+    if open.encoder.event_count() >= limits.max_events
+        || open.encoder.encoded_len() >= limits.max_bytes
+    {
+        sealed(seal(open, &slot.name, next_seq));
+    }
+    Ok(())
+}
+
+fn seal(open: &mut OpenBatch, stream: &Arc<str>, next_seq: &mut u64) -> SealedBatch {
+    let seq = *next_seq;
+    *next_seq += 1;
+    let events = open.encoder.event_count();
+    let frame = open.encoder.seal(seq);
+    SealedBatch {
+        seq,
+        stream: Arc::clone(stream),
+        events,
+        event_bytes: std::mem::take(&mut open.event_bytes),
+        frame,
+        opened_at: open.opened_at.take().unwrap_or_else(Instant::now),
+        published_at: std::mem::take(&mut open.published_at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Attribute, Frame};
+
+    fn geo() -> StreamSchema {
+        StreamSchema::new(
+            "geo",
+            vec![
+                Attribute::new("api", AttrType::String),
+                Attribute::new("ts", AttrType::Long),
+                Attribute::new("ok", AttrType::Bool),
+            ],
+        )
+    }
+
+    fn batcher(max_events: u32, max_bytes: usize) -> Batcher {
+        let mut b = Batcher::new(
+            BatchLimits {
+                max_events,
+                max_bytes,
+            },
+            false,
+        );
+        b.add_schema(geo(), SchemaSource::Given);
+        b
+    }
+
+    fn ok(_: u64) -> Result<(), PublishError> {
+        Ok(())
+    }
+
+    /// Decodes a sealed batch into (seq, columns, events).
+    fn open_up(b: &SealedBatch) -> (u64, Vec<String>, Vec<Vec<Value>>) {
+        let Ok(Frame::Batch(f)) = Frame::decode(b.frame[4], b.frame.slice(5..)) else {
+            panic!("not a batch frame");
+        };
+        assert_eq!(f.event_count, b.events);
+        let mut r = f.reader();
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        while r.next_event(&mut out).unwrap() {
+            events.push(out.iter().map(ValueRef::to_owned_value).collect());
+        }
+        (f.seq, f.columns.clone(), events)
+    }
+
+    const EV: [ValueRef<'static>; 3] = [
+        ValueRef::String("a"),
+        ValueRef::Long(1),
+        ValueRef::Bool(true),
+    ];
+
+    #[test]
+    fn seals_by_count_with_consecutive_seqs() {
+        let mut b = batcher(2, 1 << 20);
+        let mut sealed = Vec::new();
+        for _ in 0..5 {
+            b.push_values("geo", &EV, ok, &mut |s| sealed.push(s))
+                .unwrap();
+        }
+        assert_eq!(sealed.len(), 2);
+        b.seal_all(&mut |s| sealed.push(s));
+        let seqs: Vec<(u64, u32)> = sealed.iter().map(|s| (s.seq, s.events)).collect();
+        assert_eq!(seqs, vec![(0, 2), (1, 2), (2, 1)]);
+        let (seq, columns, events) = open_up(&sealed[2]);
+        assert_eq!(seq, 2);
+        assert_eq!(columns, ["api", "ts", "ok"]);
+        assert_eq!(
+            events,
+            vec![vec![Value::from("a"), Value::Long(1), Value::Bool(true)]]
+        );
+        let ev_len = BatchEncoder::event_len(&EV) as u64;
+        assert_eq!(sealed[0].event_bytes, 2 * ev_len);
+        assert_eq!(b.next_seq(), 3);
+    }
+
+    #[test]
+    fn seals_before_exceeding_the_byte_limit() {
+        let header = BatchEncoder::new("geo", &["api", "ts", "ok"])
+            .unwrap()
+            .header_len();
+        let ev_len = BatchEncoder::event_len(&EV);
+        // Room for exactly two events.
+        let mut b = batcher(100, header + 2 * ev_len + 1);
+        let mut sealed = Vec::new();
+        for _ in 0..5 {
+            b.push_values("geo", &EV, ok, &mut |s| sealed.push(s))
+                .unwrap();
+        }
+        let counts: Vec<u32> = sealed.iter().map(|s| s.events).collect();
+        assert_eq!(counts, vec![2, 2]);
+        assert!(sealed.iter().all(|s| s.frame.len() <= b.limits().max_bytes));
+        // An event that cannot fit any batch is refused.
+        let mut tiny = batcher(100, header + 4);
+        assert!(matches!(
+            tiny.push_values("geo", &EV, ok, &mut |_| {}),
+            Err(PublishError::EventTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn peer_limits_only_lower() {
+        let mut b = batcher(1000, 1 << 20);
+        b.apply_peer_limits(u32::MAX, 5000);
+        assert_eq!(
+            b.limits(),
+            BatchLimits {
+                max_events: 1000,
+                max_bytes: 1 << 20
+            }
+        );
+        b.apply_peer_limits(1000, 10);
+        assert_eq!(
+            b.limits(),
+            BatchLimits {
+                max_events: 10,
+                max_bytes: 1004
+            }
+        );
+    }
+
+    #[test]
+    fn schema_errors_are_clear_and_leave_nothing_behind() {
+        let mut b = batcher(10, 1 << 20);
+        let mut sealed = Vec::new();
+        let mut push = |b: &mut Batcher, s: &str, v: &[ValueRef<'_>]| {
+            b.push_values(s, v, ok, &mut |x| sealed.push(x))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            push(&mut b, "nope", &EV).unwrap_err(),
+            "unknown stream \"nope\" (known streams: geo)"
+        );
+        assert_eq!(
+            push(&mut b, "geo", &EV[..2]).unwrap_err(),
+            "stream \"geo\" has 3 attributes, got 2 values"
+        );
+        assert_eq!(
+            push(
+                &mut b,
+                "geo",
+                &[ValueRef::String("a"), ValueRef::Int(1), ValueRef::Null]
+            )
+            .unwrap_err(),
+            "attribute geo.ts is long, got a int value"
+        );
+        push(
+            &mut b,
+            "geo",
+            &[ValueRef::Null, ValueRef::Null, ValueRef::Null],
+        )
+        .unwrap();
+        let event = Event::new().with("api", "x").with("country", "IT");
+        assert_eq!(
+            b.push_event("geo", &event, ok, &mut |_| {})
+                .unwrap_err()
+                .to_string(),
+            "stream \"geo\" has no attribute \"country\" (attributes: api, ts, ok)"
+        );
+        assert_eq!(
+            b.push_event("geo", &Event::new().with("ok", "yes"), ok, &mut |_| {})
+                .unwrap_err()
+                .to_string(),
+            "attribute geo.ok is bool, got a string value"
+        );
+        b.seal_all(&mut |x| sealed.push(x));
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sealed[0].events, 1);
+    }
+
+    #[test]
+    fn a_failed_reservation_appends_nothing() {
+        let mut b = batcher(10, 1 << 20);
+        let full = |_: u64| {
+            Err(PublishError::BufferFull {
+                events: 1,
+                bytes: 1,
+                waited: Duration::ZERO,
+            })
+        };
+        assert!(matches!(
+            b.push_values("geo", &EV, full, &mut |_| {}),
+            Err(PublishError::BufferFull { .. })
+        ));
+        let mut sealed = Vec::new();
+        b.seal_all(&mut |x| sealed.push(x));
+        assert!(sealed.is_empty());
+    }
+
+    #[test]
+    fn events_map_onto_the_schema_with_widening_and_nulls() {
+        let mut b = batcher(10, 1 << 20);
+        let event = Event::new().with("ts", 5i32).with("api", "x");
+        b.push_event("geo", &event, ok, &mut |_| {}).unwrap();
+        let mut sealed = Vec::new();
+        b.seal_all(&mut |x| sealed.push(x));
+        let (_, columns, events) = open_up(&sealed[0]);
+        assert_eq!(columns, ["api", "ts", "ok"]);
+        assert_eq!(
+            events,
+            vec![vec![Value::from("x"), Value::Long(5), Value::Null]]
+        );
+    }
+
+    #[test]
+    fn without_schemas_columns_follow_the_events() {
+        let mut b = Batcher::new(
+            BatchLimits {
+                max_events: 100,
+                max_bytes: 1 << 20,
+            },
+            true,
+        );
+        let mut sealed = Vec::new();
+        assert!(matches!(
+            b.push_values("s", &EV, ok, &mut |_| {}),
+            Err(PublishError::SchemaRequired { .. })
+        ));
+        let e1 = Event::new().with("a", 1).with("b", "x");
+        let e2 = Event::new().with("b", "y");
+        let e3 = Event::new().with("c", true);
+        for e in [&e1, &e2, &e3] {
+            b.push_event("s", e, ok, &mut |x| sealed.push(x)).unwrap();
+        }
+        // e3 has a new field: the first batch was sealed to start one with its columns.
+        assert_eq!(sealed.len(), 1);
+        b.seal_all(&mut |x| sealed.push(x));
+        let (_, c0, ev0) = open_up(&sealed[0]);
+        assert_eq!(c0, ["a", "b"]);
+        assert_eq!(
+            ev0,
+            vec![
+                vec![Value::Int(1), Value::from("x")],
+                vec![Value::Null, Value::from("y")]
+            ]
+        );
+        let (_, c1, ev1) = open_up(&sealed[1]);
+        assert_eq!(c1, ["c"]);
+        assert_eq!(ev1, vec![vec![Value::Bool(true)]]);
+        assert_eq!(sealed[0].published_at.len(), 2);
+        // A schema learned later applies to the next events.
+        assert!(b.add_schema(
+            StreamSchema::new("s", vec![Attribute::new("a", AttrType::Long)]),
+            SchemaSource::Learned
+        ));
+        assert!(matches!(
+            b.push_event("other", &e1, ok, &mut |_| {}),
+            Err(PublishError::UnknownStream { .. })
+        ));
+        b.push_event("s", &Event::new().with("a", 7i64), ok, &mut |_| {})
+            .unwrap();
+        // A different announcement for the same stream is ignored (and flagged).
+        assert!(!b.add_schema(
+            StreamSchema::new("s", vec![Attribute::new("z", AttrType::Int)]),
+            SchemaSource::Learned
+        ));
+        assert_eq!(b.schema("s").unwrap().attributes[0].name, "a");
+    }
+
+    #[test]
+    fn given_schemas_win_over_learned_ones() {
+        let mut b = batcher(10, 1 << 20);
+        assert!(b.add_schema(
+            StreamSchema::new("geo", vec![Attribute::new("x", AttrType::Int)]),
+            SchemaSource::Learned
+        ));
+        assert_eq!(**b.schema("geo").unwrap(), geo());
+        assert!(b.add_schema(StreamSchema::new("other", vec![]), SchemaSource::Learned));
+        assert!(b.schema("other").is_none());
+    }
+
+    #[test]
+    fn lingering_batches_are_sealed() {
+        let mut b = batcher(100, 1 << 20);
+        b.push_values("geo", &EV, ok, &mut |_| {}).unwrap();
+        let mut sealed = Vec::new();
+        let linger = Duration::from_millis(10);
+        b.seal_lingering(Instant::now(), Duration::from_secs(3600), &mut |x| {
+            sealed.push(x)
+        });
+        assert!(sealed.is_empty());
+        b.seal_lingering(Instant::now() + linger, linger, &mut |x| sealed.push(x));
+        assert_eq!(sealed.len(), 1);
+        // Nothing left to seal.
+        b.seal_lingering(Instant::now() + linger, linger, &mut |x| sealed.push(x));
+        assert_eq!(sealed.len(), 1);
+    }
+}

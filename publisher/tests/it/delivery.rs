@@ -1,0 +1,224 @@
+//! Happy paths: delivery, balancing, failover order, replication, delivery reports.
+
+use std::time::Duration;
+
+use shardtally_publisher::{Event, Outcome, Publisher};
+
+use crate::common::{
+    Ledger, ServerConfig, TestServer, bounded, endpoint, geo_schema, geo_values, wait_connected,
+};
+
+#[tokio::test]
+async fn events_are_delivered_and_acked_exactly_once() {
+    let ledger = Ledger::new();
+    let a = TestServer::start(ServerConfig::new("node-a"), ledger.clone()).await;
+    let publisher = Publisher::builder(&a.url())
+        .schema(geo_schema())
+        .batch_max_events(100)
+        .build()
+        .unwrap();
+    bounded(30, "publish and flush", async {
+        for i in 0..1234 {
+            publisher
+                .publish_values("geo", &geo_values(i))
+                .await
+                .unwrap();
+        }
+        publisher.flush().await.unwrap();
+    })
+    .await;
+    let stats = publisher.stats();
+    assert_eq!(stats.published, 1234);
+    assert_eq!(stats.acked, 1234);
+    assert_eq!(
+        (stats.queued, stats.in_flight, stats.buffered_bytes),
+        (0, 0, 0)
+    );
+    assert_eq!(stats.batches, 13);
+    assert_eq!(stats.dropped_total() + stats.failed_total(), 0);
+    let ep = endpoint(&stats, &a.url());
+    assert_eq!((ep.acked, ep.acked_batches), (1234, 13));
+    assert_eq!(ep.node_id.as_deref(), Some("node-a"));
+    assert_eq!(ledger.events(), 1234);
+    ledger.assert_each_ts_once(1234);
+    bounded(10, "close", publisher.close(Duration::from_secs(5)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn round_robin_is_even_over_healthy_members() {
+    let ledger = Ledger::new();
+    let a = TestServer::start(ServerConfig::new("a"), ledger.clone()).await;
+    let b = TestServer::start(ServerConfig::new("b"), ledger.clone()).await;
+    let c = TestServer::start(ServerConfig::new("c"), ledger.clone()).await;
+    let publisher = Publisher::builder(&format!("{{{},{},{}}}", a.url(), b.url(), c.url()))
+        .schema(geo_schema())
+        .batch_max_events(10)
+        .max_in_flight_per_connection(10_000)
+        .build()
+        .unwrap();
+    wait_connected(&publisher).await;
+    bounded(30, "publish and flush", async {
+        for i in 0..3000 {
+            publisher
+                .publish_values("geo", &geo_values(i))
+                .await
+                .unwrap();
+        }
+        publisher.flush().await.unwrap();
+    })
+    .await;
+    let stats = publisher.stats();
+    for s in [&a, &b, &c] {
+        assert_eq!(endpoint(&stats, &s.url()).acked_batches, 100, "{}", s.url());
+        assert_eq!(ledger.events_by(s.node_id()), 1000);
+    }
+    assert_eq!(stats.acked, 3000);
+    ledger.assert_each_ts_once(3000);
+}
+
+#[tokio::test]
+async fn failover_group_uses_the_first_healthy_member_in_order() {
+    let ledger = Ledger::new();
+    let a = TestServer::start(ServerConfig::new("a"), ledger.clone()).await;
+    let b = TestServer::start(ServerConfig::new("b"), ledger.clone()).await;
+    let publisher = Publisher::builder(&format!("{{{}|{}}}", a.url(), b.url()))
+        .schema(geo_schema())
+        .batch_max_events(10)
+        .reconnect_backoff(Duration::from_secs(30), Duration::from_secs(30))
+        .build()
+        .unwrap();
+    wait_connected(&publisher).await;
+    bounded(30, "first half", async {
+        for i in 0..500 {
+            publisher
+                .publish_values("geo", &geo_values(i))
+                .await
+                .unwrap();
+        }
+        publisher.flush().await.unwrap();
+    })
+    .await;
+    let stats = publisher.stats();
+    assert_eq!(endpoint(&stats, &a.url()).acked, 500);
+    assert_eq!(endpoint(&stats, &b.url()).acked, 0);
+    a.kill();
+    bounded(30, "second half", async {
+        for i in 500..1000 {
+            publisher
+                .publish_values("geo", &geo_values(i))
+                .await
+                .unwrap();
+        }
+        publisher.flush().await.unwrap();
+    })
+    .await;
+    let stats = publisher.stats();
+    assert_eq!(endpoint(&stats, &a.url()).acked, 500);
+    assert_eq!(endpoint(&stats, &b.url()).acked, 500);
+    assert_eq!(stats.acked, 1000);
+    assert_eq!(stats.failed_total(), 0);
+    ledger.assert_each_ts_once(1000);
+}
+
+#[tokio::test]
+async fn every_group_receives_every_batch() {
+    let (ledger1, ledger2) = (Ledger::new(), Ledger::new());
+    let a = TestServer::start(ServerConfig::new("a"), ledger1.clone()).await;
+    let b = TestServer::start(ServerConfig::new("b"), ledger1.clone()).await;
+    let c = TestServer::start(ServerConfig::new("c"), ledger2.clone()).await;
+    let publisher = Publisher::builder(&format!("{{{},{}}},{{{}}}", a.url(), b.url(), c.url()))
+        .schema(geo_schema())
+        .batch_max_events(25)
+        .delivery_reports(true)
+        .build()
+        .unwrap();
+    let mut reports = publisher.take_delivery_reports().unwrap();
+    assert!(publisher.take_delivery_reports().is_none());
+    bounded(30, "publish and flush", async {
+        for i in 0..1000 {
+            publisher
+                .publish_values("geo", &geo_values(i))
+                .await
+                .unwrap();
+        }
+        publisher.flush().await.unwrap();
+    })
+    .await;
+    assert_eq!(ledger1.events(), 1000);
+    assert_eq!(ledger2.events(), 1000);
+    ledger1.assert_each_ts_once(1000);
+    ledger2.assert_each_ts_once(1000);
+    let stats = publisher.stats();
+    assert_eq!(stats.acked, 1000);
+    assert_eq!(endpoint(&stats, &c.url()).acked, 1000);
+    assert_eq!(
+        endpoint(&stats, &a.url()).acked + endpoint(&stats, &b.url()).acked,
+        1000
+    );
+    // One report per batch per group, each with one publish time per event.
+    let mut per_group = [0u32; 2];
+    let mut batches = 0;
+    while let Ok(r) = reports.try_recv() {
+        batches += 1;
+        assert_eq!(r.stream, "geo");
+        assert_eq!(r.published_at.len(), r.events as usize);
+        let Outcome::Acked { node_id, .. } = &r.outcome else {
+            panic!("not acked: {r:?}");
+        };
+        if r.group == 1 {
+            assert_eq!(node_id, "c");
+        }
+        per_group[r.group] += r.events;
+    }
+    assert_eq!(per_group, [1000, 1000]);
+    assert_eq!(batches, 80);
+}
+
+#[tokio::test]
+async fn events_and_serde_structs_are_mapped_onto_the_announced_schema() {
+    #[derive(serde::Serialize)]
+    struct Geo<'a> {
+        api: &'a str,
+        city: &'a str,
+        ts: i64,
+    }
+    let ledger = Ledger::new();
+    let a = TestServer::start(ServerConfig::new("a"), ledger.clone()).await;
+    // No schema given: it is learned from the worker's WELCOME.
+    let publisher = Publisher::builder(&a.url()).build().unwrap();
+    wait_connected(&publisher).await;
+    crate::common::wait_until(10, "schema learned", || publisher.schema("geo").is_some()).await;
+    bounded(30, "publish", async {
+        publisher
+            .publish("geo", &Event::new().with("ts", 0i64).with("city", "Naples"))
+            .await
+            .unwrap();
+        let e = Event::from_serialize(&Geo {
+            api: "x",
+            city: "Rome",
+            ts: 1,
+        })
+        .unwrap();
+        publisher.publish("geo", &e).await.unwrap();
+        // An int widens to the long attribute.
+        publisher
+            .publish("geo", &Event::new().with("ts", 2i32))
+            .await
+            .unwrap();
+        let err = publisher
+            .publish("geo", &Event::new().with("country", "Italy"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "stream \"geo\" has no attribute \"country\" (attributes: api, city, ts)"
+        );
+        publisher.flush().await.unwrap();
+    })
+    .await;
+    let stats = publisher.stats();
+    assert_eq!((stats.published, stats.acked, stats.invalid), (3, 3, 1));
+    ledger.assert_each_ts_once(3);
+}

@@ -1,0 +1,303 @@
+//! Failures: a killed member, ack timeouts, silent workers, goodbye, rejects.
+
+use std::time::Duration;
+
+use shardtally_publisher::{EndpointState, Event, FAILED_REJECTED, Publisher};
+
+use crate::common::{
+    Ledger, ServerConfig, TestServer, bounded, endpoint, free_addr, geo_schema, geo_values,
+    wait_connected, wait_until,
+};
+
+#[tokio::test]
+async fn a_member_killed_mid_stream_loses_and_duplicates_nothing() {
+    let ledger = Ledger::new();
+    let a = TestServer::start(ServerConfig::new("a"), ledger.clone()).await;
+    let b = TestServer::start(ServerConfig::new("b"), ledger.clone()).await;
+    let publisher = Publisher::builder(&format!("{{{},{}}}", a.url(), b.url()))
+        .schema(geo_schema())
+        .batch_max_events(50)
+        .ack_timeout(Duration::from_secs(60))
+        .reconnect_backoff(Duration::from_secs(60), Duration::from_secs(60))
+        .build()
+        .unwrap();
+    wait_connected(&publisher).await;
+    bounded(30, "first half", async {
+        for i in 0..2500 {
+            publisher
+                .publish_values("geo", &geo_values(i))
+                .await
+                .unwrap();
+        }
+        publisher.flush().await.unwrap();
+    })
+    .await;
+    // A commits what it receives from now on but never acks it; then it dies.
+    a.stop_acking();
+    for i in 2500..5000 {
+        publisher
+            .publish_values("geo", &geo_values(i))
+            .await
+            .unwrap();
+    }
+    wait_until(10, "a holds unacked batches", || a.held() > 0).await;
+    a.kill();
+    bounded(30, "flush after the kill", publisher.flush())
+        .await
+        .unwrap();
+
+    let stats = publisher.stats();
+    assert_eq!(stats.published, 5000);
+    assert_eq!(stats.acked, 5000);
+    assert_eq!(stats.failed_total() + stats.dropped_total(), 0, "{stats:?}");
+    assert_eq!((stats.queued, stats.in_flight), (0, 0));
+    assert!(
+        stats.retried >= a.held(),
+        "{} < {}",
+        stats.retried,
+        a.held()
+    );
+    assert_eq!(stats.failed_over, 1);
+    let ep_a = endpoint(&stats, &a.url());
+    assert_eq!(ep_a.state, EndpointState::BackingOff);
+    assert!(ep_a.last_error.is_some());
+    // Every event committed exactly once; the held batches reached B again and were deduplicated.
+    assert_eq!(ledger.events(), 5000);
+    ledger.assert_each_ts_once(5000);
+    assert!(ledger.duplicate_batches() >= 1);
+    assert_eq!(
+        endpoint(&stats, &a.url()).acked + endpoint(&stats, &b.url()).acked,
+        5000
+    );
+}
+
+#[tokio::test]
+async fn an_ack_timeout_resends_elsewhere() {
+    let ledger = Ledger::new();
+    let a = TestServer::start(ServerConfig::new("a"), ledger.clone()).await;
+    let b = TestServer::start(ServerConfig::new("b"), ledger.clone()).await;
+    a.stop_acking();
+    let publisher = Publisher::builder(&format!("{{{},{}}}", a.url(), b.url()))
+        .schema(geo_schema())
+        .batch_max_events(10)
+        .ack_timeout(Duration::from_millis(300))
+        // Short backoff: a noisy machine may also time B out once; it must come back.
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(50))
+        .build()
+        .unwrap();
+    wait_connected(&publisher).await;
+    bounded(30, "publish and flush", async {
+        for i in 0..1000 {
+            publisher
+                .publish_values("geo", &geo_values(i))
+                .await
+                .unwrap();
+        }
+        publisher.flush().await.unwrap();
+    })
+    .await;
+    let stats = publisher.stats();
+    assert_eq!(stats.acked, 1000);
+    assert_eq!(stats.failed_total(), 0);
+    let ep_a = endpoint(&stats, &a.url());
+    assert_eq!(ep_a.acked, 0);
+    assert_eq!(endpoint(&stats, &b.url()).acked, 1000);
+    // Every batch A held was re-sent (and B may have had to re-send some too).
+    assert!(a.held() >= 1);
+    assert!(
+        stats.retried >= a.held(),
+        "{} < {}",
+        stats.retried,
+        a.held()
+    );
+    assert!(stats.failed_over >= 1);
+    assert_eq!(
+        ep_a.last_error.as_deref(),
+        Some("no ack within 300ms"),
+        "{stats:?}"
+    );
+    assert_eq!(ledger.events(), 1000);
+    ledger.assert_each_ts_once(1000);
+}
+
+#[tokio::test]
+async fn a_silent_worker_is_detected_by_heartbeats() {
+    let ledger = Ledger::new();
+    let a = TestServer::start(ServerConfig::new("a"), ledger.clone()).await;
+    let b = TestServer::start(ServerConfig::new("b"), ledger.clone()).await;
+    let publisher = Publisher::builder(&format!("{{{}|{}}}", a.url(), b.url()))
+        .schema(geo_schema())
+        .batch_max_events(10)
+        .heartbeat_interval(Duration::from_millis(100))
+        .ack_timeout(Duration::from_secs(60))
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(50))
+        .build()
+        .unwrap();
+    wait_connected(&publisher).await;
+    a.freeze();
+    bounded(30, "publish and flush", async {
+        for i in 0..100 {
+            publisher
+                .publish_values("geo", &geo_values(i))
+                .await
+                .unwrap();
+        }
+        publisher.flush().await.unwrap();
+    })
+    .await;
+    let stats = publisher.stats();
+    assert_eq!(stats.acked, 100);
+    assert_eq!(endpoint(&stats, &b.url()).acked, 100);
+    let err = endpoint(&stats, &a.url())
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(err.contains("missed heartbeats"), "{err}");
+    ledger.assert_each_ts_once(100);
+}
+
+#[tokio::test]
+async fn after_goodbye_new_batches_go_elsewhere() {
+    let ledger = Ledger::new();
+    let a = TestServer::start(ServerConfig::new("a"), ledger.clone()).await;
+    let b = TestServer::start(ServerConfig::new("b"), ledger.clone()).await;
+    let publisher = Publisher::builder(&format!("{{{}|{}}}", a.url(), b.url()))
+        .schema(geo_schema())
+        .batch_max_events(10)
+        .reconnect_backoff(Duration::from_secs(60), Duration::from_secs(60))
+        .build()
+        .unwrap();
+    wait_connected(&publisher).await;
+    a.goodbye("draining for upgrade");
+    wait_until(10, "a draining or closed", || {
+        endpoint(&publisher.stats(), &a.url()).state != EndpointState::Connected
+    })
+    .await;
+    bounded(30, "publish and flush", async {
+        for i in 0..200 {
+            publisher
+                .publish_values("geo", &geo_values(i))
+                .await
+                .unwrap();
+        }
+        publisher.flush().await.unwrap();
+    })
+    .await;
+    let stats = publisher.stats();
+    assert_eq!(endpoint(&stats, &a.url()).acked, 0);
+    assert_eq!(endpoint(&stats, &b.url()).acked, 200);
+    assert_eq!(a.received_batches(), 0);
+    assert_eq!(
+        endpoint(&stats, &a.url()).last_error.as_deref(),
+        Some("goodbye: draining for upgrade")
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_batch_is_failed_and_never_retried() {
+    // The publisher starts while its worker is down, so it knows no schema and buffers events
+    // the worker will reject.
+    let addr = free_addr().await;
+    let publisher = Publisher::builder(&format!("tcp://{addr}"))
+        .batch_max_events(1000)
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .build()
+        .unwrap();
+    for i in 0..5i64 {
+        publisher
+            .publish("geo", &Event::new().with("ts", i).with("country", "Italy"))
+            .await
+            .unwrap();
+    }
+    // Events of a stream the worker does not know at all.
+    publisher
+        .publish("other", &Event::new().with("x", 1))
+        .await
+        .unwrap();
+    let ledger = Ledger::new();
+    let a = TestServer::start_on(addr, ServerConfig::new("a"), ledger.clone()).await;
+    bounded(30, "flush", publisher.flush()).await.unwrap();
+    let stats = publisher.stats();
+    assert_eq!(stats.failed.get(FAILED_REJECTED), Some(&6), "{stats:?}");
+    assert_eq!(stats.acked, 0);
+    assert_eq!(a.received_batches(), 2);
+    assert_eq!(a.rejected(), 2);
+    assert_eq!(ledger.events(), 0);
+    assert!(stats.last_failure.unwrap_or_default().contains("rejected"));
+    // Now the schema is known: an invalid event is refused before the wire.
+    let err = publisher
+        .publish("geo", &Event::new().with("country", "Italy"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no attribute \"country\""),
+        "{err}"
+    );
+    assert_eq!(publisher.stats().invalid, 1);
+    bounded(10, "flush", publisher.flush()).await.unwrap();
+    assert_eq!(a.received_batches(), 2);
+}
+
+#[tokio::test]
+async fn a_wrong_auth_token_keeps_the_worker_unused() {
+    let ledger = Ledger::new();
+    let mut config = ServerConfig::new("a");
+    config.auth_token = Some("right".into());
+    let a = TestServer::start(config, ledger.clone()).await;
+    let publisher = Publisher::builder(&a.url())
+        .schema(geo_schema())
+        .auth_token("wrong")
+        .delivery_deadline(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    wait_until(10, "auth failure seen", || {
+        endpoint(&publisher.stats(), &a.url())
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("AuthFailed"))
+    })
+    .await;
+    publisher
+        .publish_values("geo", &geo_values(0))
+        .await
+        .unwrap();
+    bounded(10, "flush until the deadline", publisher.flush())
+        .await
+        .unwrap();
+    let stats = publisher.stats();
+    assert_eq!(stats.failed.get("deadline"), Some(&1));
+    assert_eq!(a.received_batches(), 0);
+    assert_eq!(ledger.events(), 0);
+}
+
+#[tokio::test]
+async fn a_tls_endpoint_reports_that_tls_is_not_supported_yet() {
+    let ledger = Ledger::new();
+    let b = TestServer::start(ServerConfig::new("b"), ledger.clone()).await;
+    let addr = free_addr().await;
+    let publisher = Publisher::builder(&format!("{{ssl://{addr}|{}}}", b.url()))
+        .schema(geo_schema())
+        .build()
+        .unwrap();
+    let tls_url = format!("tls://{addr}");
+    wait_until(10, "tls endpoint down", || {
+        endpoint(&publisher.stats(), &tls_url).state == EndpointState::Down
+    })
+    .await;
+    assert_eq!(
+        endpoint(&publisher.stats(), &tls_url).last_error.as_deref(),
+        Some(format!("TLS is not yet supported ({tls_url}); use tcp://").as_str())
+    );
+    bounded(30, "publish and flush", async {
+        for i in 0..10 {
+            publisher
+                .publish_values("geo", &geo_values(i))
+                .await
+                .unwrap();
+        }
+        publisher.flush().await.unwrap();
+    })
+    .await;
+    assert_eq!(endpoint(&publisher.stats(), &b.url()).acked, 10);
+    ledger.assert_each_ts_once(10);
+}
