@@ -236,7 +236,7 @@ impl fmt::Display for Literal {
             Literal::Null => f.write_str("null"),
             Literal::Bool(b) => write!(f, "{b}"),
             Literal::Int(i) => write!(f, "{i}"),
-            Literal::Float(x) => write!(f, "{x}"),
+            Literal::Float(x) => write!(f, "{x:?}"),
             Literal::Str(s) => write!(f, "{s:?}"),
         }
     }

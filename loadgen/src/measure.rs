@@ -1,0 +1,1 @@
+//! Latency histograms, throughput timeline, per-node counters (in progress).

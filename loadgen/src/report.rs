@@ -1,0 +1,1 @@
+//! The results folder and console table (in progress).
