@@ -423,6 +423,16 @@ impl LatencyBounds {
 }
 
 impl ExpectKind {
+    /// The kind's key in the file: `query`, `shards`, `delivered` or `latency`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ExpectKind::Query { .. } => "query",
+            ExpectKind::Shards { .. } => "shards",
+            ExpectKind::Delivered => "delivered",
+            ExpectKind::Latency(_) => "latency",
+        }
+    }
+
     /// A one-line description for tables: `query`, `shards GeoLocationAgg per hours`, ….
     pub fn label(&self) -> String {
         match self {

@@ -1,1 +1,0 @@
-//! The results folder and console table (in progress).
