@@ -675,4 +675,45 @@ mod tests {
             Some(r#"{"a":2,"b":5,"c":4}"#)
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// The `.hgrm` table's counts rise to the histogram's total; percentiles rise to 100.
+            #[test]
+            fn hgrm_rows_are_monotonic(values in proptest::collection::vec(0u64..10_000_000, 1..200)) {
+                let mut r = LatencyRecorder::new();
+                for v in &values {
+                    r.record(Duration::from_micros(*v));
+                }
+                let rows = percentile_rows(r.raw(), 5);
+                prop_assert!(rows.windows(2).all(|w| w[0].total <= w[1].total
+                    && w[0].percentile <= w[1].percentile
+                    && w[0].value <= w[1].value));
+                let last = rows.last().map(|r| (r.percentile, r.total));
+                prop_assert_eq!(last, Some((100.0, values.len() as u64)));
+            }
+
+            /// Merging timelines keeps every event, whatever the bucket widths.
+            #[test]
+            fn throughput_merge_keeps_totals(
+                at in proptest::collection::vec((0u64..100_000, 1u64..100), 0..50),
+                width_a in 1u64..2_000,
+                width_b in 1u64..2_000,
+            ) {
+                let mut a = Throughput::new(Duration::from_millis(width_a));
+                for (ms, n) in &at {
+                    a.record(Duration::from_millis(*ms), *n);
+                }
+                let mut b = Throughput::new(Duration::from_millis(width_b));
+                b.merge(&a);
+                prop_assert_eq!(b.total(), at.iter().map(|(_, n)| n).sum::<u64>());
+            }
+        }
+    }
 }

@@ -371,3 +371,46 @@ fn generators_that_do_not_fit() {
         "t.yaml:8:29: s.price is float; bound 1e39 is out of the float range"
     );
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any split covers the phase's indices exactly once, in order.
+        #[test]
+        fn split_partitions_the_phase(events in 1u64..300, parts in 0u32..40, seed: u64) {
+            let g = compile(events, "      ts: { sequence: { start: 0, step: 1 } }\n");
+            let mut seen = Vec::new();
+            for mut c in g.split(parts, seed) {
+                while let Some(row) = c.next_event() {
+                    seen.push(row[2].clone());
+                }
+            }
+            let expected: Vec<Value> = (0..i64::try_from(events).unwrap_or(0)).map(Value::Long).collect();
+            prop_assert_eq!(seen, expected);
+        }
+
+        /// `between` stays within its bounds, inclusive, for ints, longs and doubles.
+        #[test]
+        fn between_stays_in_bounds(a in -1_000_000i64..1_000_000, b in -1_000_000i64..1_000_000, seed: u64) {
+            let (lo, hi) = (a.min(b), a.max(b));
+            let g = compile(
+                200,
+                &format!("      n: {{ between: [{lo}, {hi}] }}\n      ts: {{ between: [{lo}, {hi}] }}\n      amount: {{ between: [{lo}, {hi}] }}\n"),
+            );
+            let mut c = g.cursor(0..200, seed, 0);
+            while let Some(row) = c.next_event() {
+                let Value::Int(n) = row[1] else { return Err(TestCaseError::fail("n not an int")) };
+                let Value::Long(t) = row[2] else { return Err(TestCaseError::fail("ts not a long")) };
+                let Value::Double(d) = row[4] else { return Err(TestCaseError::fail("amount not a double")) };
+                prop_assert!((lo..=hi).contains(&i64::from(n)));
+                prop_assert!((lo..=hi).contains(&t));
+                prop_assert!(d >= lo as f64 && d <= hi as f64);
+            }
+        }
+    }
+}
