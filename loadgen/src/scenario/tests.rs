@@ -683,3 +683,27 @@ fn read_errors_name_the_file() {
         "{e}"
     );
 }
+
+#[test]
+fn empty_optional_keys_mean_their_defaults() {
+    for extra in [
+        "    fields:\n",
+        "    route:\n",
+        "faults:\n",
+        "expect:\n",
+        "description:\n",
+    ] {
+        let s = parse(&with(extra));
+        assert_eq!(
+            (
+                s.phases[0].fields.len(),
+                &s.phases[0].route,
+                s.faults.len(),
+                s.expect.len()
+            ),
+            (0, &Route::AllWorkers, 0, 0),
+            "{extra:?}"
+        );
+        assert_eq!(s.description, None);
+    }
+}
