@@ -1,0 +1,3 @@
+//! Integration tests of the loadgen library (one crate; a module per topic).
+
+mod scenario_files;
