@@ -4,6 +4,7 @@
 
 mod cluster;
 mod common;
+mod e2e;
 mod ingest;
 mod shard_rules;
 mod store;

@@ -1,0 +1,135 @@
+//! The seeds' example and a real crash, end to end: the publisher SDK → real worker processes on
+//! loopback → one shared database → merged queries, on every backend.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+use shardtally_publisher::{Publisher, Stats, Value};
+use shardtally_worker::bucket::Granularity;
+use shardtally_worker::catalog::Catalog;
+use shardtally_worker::config::AppSource;
+use shardtally_worker::store::Store;
+
+use crate::cluster::{WorkerProc, naples_rows, query_records, serve_args};
+use crate::common::on_every_backend;
+
+const HOUR_QUERY: &str = r#"from GeoLocationAgg within "2026-11-20 10:**:**" per "hours" select country, city, totalRequestCount"#;
+
+fn publisher(url_set: &str, catalog: &Catalog) -> Publisher {
+    let mut b = Publisher::builder(url_set)
+        .publisher_id("it-gateway")
+        .batch_max_events(500)
+        .ack_timeout(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_millis(500))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500));
+    for s in catalog.streams() {
+        b = b.schema(s.clone());
+    }
+    b.build().expect("publisher")
+}
+
+async fn publish_all(p: &Publisher, rows: &[Vec<Value>]) {
+    for row in rows {
+        let refs: Vec<_> = row.iter().map(Value::as_ref).collect();
+        p.publish_values("geoTempStream", &refs).await.expect("publish");
+    }
+}
+
+fn assert_delivered(stats: &Stats, n: u64) {
+    assert_eq!(stats.published, n, "{stats:?}");
+    assert_eq!(stats.acked, n, "{stats:?}");
+    assert!(stats.dropped.values().all(|&d| d == 0), "{stats:?}");
+    assert!(stats.failed.values().all(|&f| f == 0), "{stats:?}");
+}
+
+/// Sum of AGG_COUNT per shard in one granularity table, all time.
+async fn counts_per_shard(store: &Store, catalog: &Catalog, per: Granularity) -> BTreeMap<String, i64> {
+    let (_, layout) = catalog.aggregation("GeoLocationAgg").expect("aggregation");
+    let rows = store.fetch(layout, per, i64::MIN / 4, i64::MAX / 4).await.expect("fetch");
+    let mut out = BTreeMap::new();
+    for r in rows {
+        *out.entry(r.shard_id.unwrap_or_default()).or_insert(0) += r.row.count;
+    }
+    out
+}
+
+fn bundled() -> Catalog {
+    Catalog::load(&AppSource::Bundled, true).expect("bundled app")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seeds_example_30k_on_node_1_plus_40k_on_node_2_reads_70k() {
+    on_every_backend(|db| async move {
+        let catalog = bundled();
+        let w1 = WorkerProc::start(&serve_args(&db.url, "wso2-am-analytics-1"));
+        let w2 = WorkerProc::start(&serve_args(&db.url, "wso2-am-analytics-2"));
+        let via1 = publisher(&format!("{{{}}}", w1.endpoint()), &catalog);
+        let via2 = publisher(&format!("{{{}}}", w2.endpoint()), &catalog);
+        let (rows1, rows2) = (naples_rows(30_000), naples_rows(40_000));
+        tokio::join!(publish_all(&via1, &rows1), publish_all(&via2, &rows2));
+        via1.flush().await.expect("flush 1");
+        via2.flush().await.expect("flush 2");
+        assert_delivered(&via1.stats(), 30_000);
+        assert_delivered(&via2.stats(), 40_000);
+
+        assert_eq!(
+            query_records(&db.url, HOUR_QUERY),
+            vec![vec![json!("Italy"), json!("Naples"), json!(70_000)]]
+        );
+        let store = db.store().await;
+        let expected: BTreeMap<String, i64> = [
+            ("wso2-am-analytics-1".to_owned(), 30_000),
+            ("wso2-am-analytics-2".to_owned(), 40_000),
+        ]
+        .into();
+        assert_eq!(counts_per_shard(&store, &catalog, Granularity::Hours).await, expected);
+        // Every granularity agrees with the hour.
+        for g in Granularity::ALL {
+            assert_eq!(counts_per_shard(&store, &catalog, g).await, expected, "{g}");
+        }
+        store.close().await;
+        via1.close(Duration::from_secs(5)).await.expect("close");
+        via2.close(Duration::from_secs(5)).await.expect("close");
+        db
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_stream_loses_and_doubles_nothing() {
+    on_every_backend(|db| async move {
+        const N: usize = 60_000;
+        let catalog = bundled();
+        let w1 = WorkerProc::start(&serve_args(&db.url, "wso2-am-analytics-1"));
+        let mut w2 = WorkerProc::start(&serve_args(&db.url, "wso2-am-analytics-2"));
+        let p = publisher(&format!("{{{},{}}}", w1.endpoint(), w2.endpoint()), &catalog);
+        let rows = naples_rows(N);
+        publish_all(&p, &rows[..N / 3]).await;
+        // Wait until node 2 holds unacked batches, then crash it: SIGKILL, no flush, no goodbye.
+        let mut waited = 0;
+        while p.stats().in_flight == 0 && waited < 200 {
+            publish_all(&p, &rows[N / 3..N / 3 + 1]).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            waited += 1;
+        }
+        w2.kill9();
+        let extra = waited; // events published while waiting
+        publish_all(&p, &rows[N / 3 + extra..]).await;
+        p.flush().await.expect("flush");
+        let stats = p.stats();
+        let total = u64::try_from(N).expect("n");
+        assert_delivered(&stats, total);
+        eprintln!("retried {} batches, failed over {}", stats.retried, stats.failed_over);
+
+        let store = db.store().await;
+        for g in Granularity::ALL {
+            let counts = counts_per_shard(&store, &catalog, g).await;
+            assert_eq!(counts.values().sum::<i64>(), i64::try_from(N).expect("n"), "{g}: {counts:?}");
+        }
+        store.close().await;
+        drop(w1);
+        db
+    })
+    .await;
+}
