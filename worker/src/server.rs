@@ -176,13 +176,13 @@ async fn connection(
         send_error(framed, ErrorCode::UnsupportedVersion, &msg).await;
         return Err(msg);
     }
-    if let Some(expected) = &s.auth_token {
-        if !constant_time_eq(expected.as_bytes(), hello.auth_token.as_bytes()) {
-            Metrics::add(&shared.metrics.auth_failures, 1);
-            tracing::warn!(%peer, publisher = %hello.publisher_id, "authentication failed");
-            send_error(framed, ErrorCode::AuthFailed, "authentication failed").await;
-            return Err("authentication failed".into());
-        }
+    if let Some(expected) = &s.auth_token
+        && !constant_time_eq(expected.as_bytes(), hello.auth_token.as_bytes())
+    {
+        Metrics::add(&shared.metrics.auth_failures, 1);
+        tracing::warn!(%peer, publisher = %hello.publisher_id, "authentication failed");
+        send_error(framed, ErrorCode::AuthFailed, "authentication failed").await;
+        return Err("authentication failed".into());
     }
     if hello.publisher_id.is_empty() || hello.publisher_id.len() > 128 {
         Metrics::add(&shared.metrics.protocol_errors, 1);

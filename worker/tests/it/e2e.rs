@@ -32,7 +32,9 @@ fn publisher(url_set: &str, catalog: &Catalog) -> Publisher {
 async fn publish_all(p: &Publisher, rows: &[Vec<Value>]) {
     for row in rows {
         let refs: Vec<_> = row.iter().map(Value::as_ref).collect();
-        p.publish_values("geoTempStream", &refs).await.expect("publish");
+        p.publish_values("geoTempStream", &refs)
+            .await
+            .expect("publish");
     }
 }
 
@@ -44,9 +46,16 @@ fn assert_delivered(stats: &Stats, n: u64) {
 }
 
 /// Sum of AGG_COUNT per shard in one granularity table, all time.
-async fn counts_per_shard(store: &Store, catalog: &Catalog, per: Granularity) -> BTreeMap<String, i64> {
+async fn counts_per_shard(
+    store: &Store,
+    catalog: &Catalog,
+    per: Granularity,
+) -> BTreeMap<String, i64> {
     let (_, layout) = catalog.aggregation("GeoLocationAgg").expect("aggregation");
-    let rows = store.fetch(layout, per, i64::MIN / 4, i64::MAX / 4).await.expect("fetch");
+    let rows = store
+        .fetch(layout, per, i64::MIN / 4, i64::MAX / 4)
+        .await
+        .expect("fetch");
     let mut out = BTreeMap::new();
     for r in rows {
         *out.entry(r.shard_id.unwrap_or_default()).or_insert(0) += r.row.count;
@@ -83,7 +92,10 @@ async fn seeds_example_30k_on_node_1_plus_40k_on_node_2_reads_70k() {
             ("wso2-am-analytics-2".to_owned(), 40_000),
         ]
         .into();
-        assert_eq!(counts_per_shard(&store, &catalog, Granularity::Hours).await, expected);
+        assert_eq!(
+            counts_per_shard(&store, &catalog, Granularity::Hours).await,
+            expected
+        );
         // Every granularity agrees with the hour.
         for g in Granularity::ALL {
             assert_eq!(counts_per_shard(&store, &catalog, g).await, expected, "{g}");
@@ -103,7 +115,10 @@ async fn a_worker_killed_mid_stream_loses_and_doubles_nothing() {
         let catalog = bundled();
         let w1 = WorkerProc::start(&serve_args(&db.url, "wso2-am-analytics-1"));
         let mut w2 = WorkerProc::start(&serve_args(&db.url, "wso2-am-analytics-2"));
-        let p = publisher(&format!("{{{},{}}}", w1.endpoint(), w2.endpoint()), &catalog);
+        let p = publisher(
+            &format!("{{{},{}}}", w1.endpoint(), w2.endpoint()),
+            &catalog,
+        );
         let rows = naples_rows(N);
         publish_all(&p, &rows[..N / 3]).await;
         // Wait until node 2 holds unacked batches, then crash it: SIGKILL, no flush, no goodbye.
@@ -120,12 +135,23 @@ async fn a_worker_killed_mid_stream_loses_and_doubles_nothing() {
         let stats = p.stats();
         let total = u64::try_from(N).expect("n");
         assert_delivered(&stats, total);
-        eprintln!("retried {} batches, failed over {}", stats.retried, stats.failed_over);
+        eprintln!(
+            "retried {} batches, failed over {}",
+            stats.retried, stats.failed_over
+        );
+        assert!(
+            stats.failed_over >= 1,
+            "the crash must have been noticed: {stats:?}"
+        );
 
         let store = db.store().await;
         for g in Granularity::ALL {
             let counts = counts_per_shard(&store, &catalog, g).await;
-            assert_eq!(counts.values().sum::<i64>(), i64::try_from(N).expect("n"), "{g}: {counts:?}");
+            assert_eq!(
+                counts.values().sum::<i64>(),
+                i64::try_from(N).expect("n"),
+                "{g}: {counts:?}"
+            );
         }
         store.close().await;
         drop(w1);
