@@ -345,8 +345,19 @@ fn render(rs: &ResultSet, format: Format) -> String {
         }
         Format::Csv => {
             let mut out = csv_line(&rs.columns);
-            for row in &cells {
-                out.push_str(&csv_line(row));
+            for row in &rs.rows {
+                // CSV has no null: an empty field.
+                let fields: Vec<String> = row
+                    .iter()
+                    .map(|v| {
+                        if v.is_null() {
+                            String::new()
+                        } else {
+                            v.to_string()
+                        }
+                    })
+                    .collect();
+                out.push_str(&csv_line(&fields));
             }
             out
         }

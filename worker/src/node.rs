@@ -355,13 +355,25 @@ async fn acquire_lease(
     }
 }
 
+/// Deletes expired dedup entries every minute and, for apps with `@purge(enable='true', …)`, old
+/// buckets at the shortest `interval` any aggregation asks for.
 async fn purge_loop(
     store: Store,
     catalog: Arc<Catalog>,
     dedup_window: Duration,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let every = catalog
+        .app
+        .aggregations
+        .iter()
+        .filter_map(|a| a.purge.as_ref().filter(|p| p.enabled))
+        .map(|p| p.interval)
+        .filter(|i| !i.is_zero())
+        .min()
+        .unwrap_or(Duration::from_secs(60))
+        .min(Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,

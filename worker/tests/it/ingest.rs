@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::net::TcpStream;
 
+use futures_util::StreamExt;
 use serde_json::json;
 use shardtally_publisher::protocol::{ErrorCode, Frame, RejectCode, Value};
 
@@ -210,6 +211,52 @@ async fn http_store_api_answers_like_siddhi() {
     let h: serde_json::Value = serde_json::from_str(&health).expect("json");
     assert_eq!(h["status"], "ok");
     assert_eq!(h["shard_id"], "node-a");
+    drop(w);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_holds_acks_reports_unhealthy_and_recovers_without_loss() {
+    use sqlx::Connection;
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = WorkerProc::start(&serve_args(&db.url, "node-a"));
+    let mut c = RawClient::connect(w.listen, "gw-outage", "")
+        .await
+        .expect("hello");
+
+    // Take the database's write lock away from the worker: its commits now fail (SQLITE_BUSY).
+    let mut blocker = sqlx::SqliteConnection::connect(&db.url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut blocker)
+        .await
+        .expect("lock");
+
+    c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(100))
+        .await;
+    // No ack while the batch is not committed.
+    let early = tokio::time::timeout(std::time::Duration::from_secs(3), c.framed.next()).await;
+    assert!(early.is_err(), "acked before commit: {early:?}");
+    let http_addr = w.http;
+    let unhealthy = tokio::task::spawn_blocking(move || {
+        crate::cluster::eventually(std::time::Duration::from_secs(60), || {
+            http(http_addr, "GET", "/health", "").0 == 503
+        })
+    })
+    .await
+    .expect("join");
+    assert!(unhealthy, "/health should report the failing database");
+
+    // The database comes back: the same batch commits once, then it is acked.
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("unlock");
+    blocker.close().await.expect("close");
+    assert_eq!(c.recv().await, Frame::Ack { seq: 1 });
+    assert_eq!(query_records(&db.url, HOUR_QUERY), naples(100));
+    assert_eq!(http(w.http, "GET", "/health", "").0, 200);
     drop(w);
     db.cleanup().await;
 }
