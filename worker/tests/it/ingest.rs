@@ -260,3 +260,73 @@ async fn a_database_outage_holds_acks_reports_unhealthy_and_recovers_without_los
     drop(w);
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn purge_deletes_buckets_past_their_retention_and_keeps_the_rest() {
+    use shardtally_worker::bucket::Granularity;
+    use shardtally_worker::catalog::Catalog;
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let dir = std::env::temp_dir().join(format!("shardtally-it-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let text = shardtally_worker::siddhi::BUNDLED_GEO_APP.replace(
+        "define aggregation",
+        "@purge(enable='true', interval='1 sec', @retentionPeriod(sec='2 min', min='2 hours', hours='all', days='all', months='all', years='all'))\ndefine aggregation",
+    );
+    let app = dir.join("purging.siddhi");
+    std::fs::write(&app, &text).expect("app");
+    let mut args = serve_args(&db.url, "node-a");
+    args.extend(["--app".into(), app.display().to_string()]);
+    let w = WorkerProc::start(&args);
+
+    // 10 events stamped three hours ago, 5 stamped now.
+    let now = jiff::Timestamp::now().as_millisecond();
+    let row = |ts: i64| {
+        vec![
+            Value::from("PizzaShackAPI"),
+            Value::from("Italy"),
+            Value::from("Naples"),
+            Value::Long(ts),
+        ]
+    };
+    let mut rows: Vec<_> = (0..10).map(|i| row(now - 3 * 3_600_000 + i)).collect();
+    rows.extend((0..5).map(|i| row(now - i)));
+    let mut c = RawClient::connect(w.listen, "gw-purge", "")
+        .await
+        .expect("hello");
+    c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &rows).await;
+    assert_eq!(c.recv().await, Frame::Ack { seq: 1 });
+
+    let catalog = Catalog::from_text(&text, true, "purging.siddhi").expect("app");
+    let (_, layout) = catalog.aggregation("GeoLocationAgg").expect("agg");
+    let store = db.store().await;
+    let count = |g| {
+        let store = store.clone();
+        let layout = layout.clone();
+        async move {
+            store
+                .fetch(&layout, g, i64::MIN / 4, i64::MAX / 4)
+                .await
+                .expect("fetch")
+                .iter()
+                .map(|r| r.row.count)
+                .sum::<i64>()
+        }
+    };
+    let mut purged = false;
+    for _ in 0..100 {
+        if count(Granularity::Seconds).await == 5 && count(Granularity::Minutes).await == 5 {
+            purged = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        purged,
+        "seconds and minutes older than their retention should be purged"
+    );
+    assert_eq!(count(Granularity::Hours).await, 15);
+    assert_eq!(count(Granularity::Years).await, 15);
+    store.close().await;
+    drop(w);
+    db.cleanup().await;
+}
