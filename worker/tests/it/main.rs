@@ -2,6 +2,7 @@
 //! SQLite always, and on PostgreSQL and MySQL/MariaDB when `SHARDTALLY_TEST_POSTGRES_URL` /
 //! `SHARDTALLY_TEST_MYSQL_URL` are set (with `CI=true`, a missing URL is a failure).
 
+mod cli;
 mod cluster;
 mod common;
 mod e2e;

@@ -1,0 +1,134 @@
+//! The `shardtally-worker` command line: output formats, exit codes for bad input, graceful stop.
+
+use shardtally_publisher::protocol::Frame;
+use shardtally_worker::store::Backend;
+
+use crate::cluster::{
+    GEO_COLUMNS, RawClient, WorkerProc, naples_rows, query_records, run_cli, serve_args,
+};
+use crate::common::TestDb;
+
+const HOUR_QUERY: &str = r#"from GeoLocationAgg within "2026-11-20 10:**:**" per "hours" select country, city, totalRequestCount"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_flushes_pending_batches_and_acks_them_before_exiting() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let mut args = serve_args(&db.url, "node-a");
+    // A flush interval far longer than the test: only the shutdown flush can commit.
+    let i = args
+        .iter()
+        .position(|a| a == "--flush-interval")
+        .expect("flag");
+    args[i + 1] = "1h".into();
+    let mut w = WorkerProc::start(&args);
+    let mut c = RawClient::connect(w.listen, "gw-term", "")
+        .await
+        .expect("hello");
+    c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(321))
+        .await;
+    // Let the batch reach the ingest task, then stop the worker gracefully.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = w.terminate();
+        (s, w)
+    });
+    let mut saw_goodbye = false;
+    let ack = loop {
+        match c.recv().await {
+            Frame::Goodbye { .. } => saw_goodbye = true,
+            other => break other,
+        }
+    };
+    assert_eq!(ack, Frame::Ack { seq: 1 });
+    assert!(saw_goodbye, "publishers are told the worker is draining");
+    let (status, _w) = status.await.expect("join");
+    assert!(status.success(), "graceful stop exits 0: {status}");
+    assert_eq!(
+        query_records(&db.url, HOUR_QUERY),
+        vec![vec![
+            serde_json::json!("Italy"),
+            serde_json::json!("Naples"),
+            serde_json::json!(321)
+        ]]
+    );
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn query_renders_table_csv_and_json_and_bad_queries_exit_2_with_a_position() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    {
+        let w = WorkerProc::start(&serve_args(&db.url, "node-a"));
+        let mut c = RawClient::connect(w.listen, "gw-cli", "")
+            .await
+            .expect("hello");
+        c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(7))
+            .await;
+        assert_eq!(c.recv().await, Frame::Ack { seq: 1 });
+    }
+    let run = |format: &str, q: &str| {
+        run_cli(&["query", "--database-url", &db.url, "--format", format, q])
+    };
+
+    let (code, out, err) = run("table", HOUR_QUERY);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "country | city   | totalRequestCount\n--------+--------+------------------\nItaly   | Naples | 7\n(1 row)\n"
+    );
+    let (code, out, err) = run("csv", HOUR_QUERY);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "country,city,totalRequestCount\nItaly,Naples,7\n");
+    let (code, out, err) = run("json", HOUR_QUERY);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({"columns": ["country", "city", "totalRequestCount"], "records": [["Italy", "Naples", 7]]})
+    );
+
+    let (code, _, err) = run(
+        "table",
+        "from GeoLocationAgg within 0, 10 per \"fortnights\"",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("line 1, column"), "{err}");
+    let (code, _, err) = run("table", "from NoSuchAgg within 0, 10 per \"hours\"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("NoSuchAgg"), "{err}");
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_configuration_exits_2_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("shardtally-it-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("deployment.yaml");
+    std::fs::write(
+        &config,
+        "wso2.carbon:\n  id: node-a\nshardtally:\n  flush_intervall: 1s\n",
+    )
+    .expect("write");
+    let (code, _, err) = run_cli(&["serve", "--config", &config.display().to_string()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("flush_intervall"), "{err}");
+    assert!(err.contains("deployment.yaml:4:"), "{err}");
+
+    let (code, _, err) = run_cli(&["serve", "--node-id", "n", "--flush-interval", "soon"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("flush-interval"), "{err}");
+
+    let app = dir.join("broken.siddhi");
+    std::fs::write(&app, "@app:name('x')\ndefine stream s (a strin);\n").expect("write");
+    let (code, _, err) = run_cli(&[
+        "serve",
+        "--node-id",
+        "n",
+        "--database-url",
+        &format!("sqlite://{}/x.db", dir.display()),
+        "--app",
+        &app.display().to_string(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("line 2, column"), "{err}");
+}
