@@ -88,6 +88,9 @@ struct ServeArgs {
     /// Accept a shard id different from the one recorded for this node id
     #[arg(long, env = "SHARDTALLY_ALLOW_SHARD_CHANGE")]
     allow_shard_change: bool,
+    /// Accept publishers without a token on a non-loopback address (refused by default)
+    #[arg(long, env = "SHARDTALLY_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -206,6 +209,7 @@ async fn serve(a: ServeArgs) -> u8 {
         lease_ttl: a.lease_ttl,
         dedup_window: a.dedup_window,
         allow_shard_change: a.allow_shard_change,
+        allow_unauthenticated: a.allow_unauthenticated,
         ..overrides(&a.common)
     };
     let config = match resolve(o) {

@@ -208,6 +208,8 @@ pub struct OwnSection {
     pub dedup_window: Option<String>,
     /// Accept a shard id different from the one recorded for this node.
     pub allow_shard_change: Option<bool>,
+    /// Accept publishers without a token on a non-loopback address.
+    pub allow_unauthenticated: Option<bool>,
     /// Maximum events held uncommitted before reading from sockets pauses.
     pub max_pending_events: Option<usize>,
     /// Maximum accepted frame length in bytes.
@@ -397,6 +399,8 @@ pub struct Overrides {
     pub dedup_window: Option<String>,
     /// `--allow-shard-change`.
     pub allow_shard_change: bool,
+    /// `--allow-unauthenticated`.
+    pub allow_unauthenticated: bool,
 }
 
 /// Where the Siddhi app comes from.
@@ -612,15 +616,26 @@ impl WorkerConfig {
             24 * 3_600_000,
         )?;
 
+        let listen = o
+            .listen
+            .clone()
+            .or_else(|| own.and_then(|s| s.listen.clone()))
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let allow_unauthenticated =
+            o.allow_unauthenticated || own.and_then(|s| s.allow_unauthenticated).unwrap_or(false);
+        if auth_token.is_none() && !allow_unauthenticated && !is_loopback(&listen) {
+            return Err(ConfigError::invalid(
+                "listen",
+                format!(
+                    "`{listen}` is not a loopback address and no auth token is set, so anyone who can reach it could publish; set --auth-token-file (or SHARDTALLY_AUTH_TOKEN), or pass --allow-unauthenticated if the network is trusted"
+                ),
+            ));
+        }
         Ok(WorkerConfig {
             node_id,
             shard_id,
             partition_by_id,
-            listen: o
-                .listen
-                .clone()
-                .or_else(|| own.and_then(|s| s.listen.clone()))
-                .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+            listen,
             http: o
                 .http
                 .clone()
@@ -655,6 +670,17 @@ static DEFAULT_DS: DataSourceConfiguration = DataSourceConfiguration {
     max_pool_size: None,
     other: BTreeMap::new(),
 };
+
+/// Whether `addr` (`host:port`) only accepts connections from this machine.
+fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
 
 fn check_id(key: &str, id: &str) -> Result<(), ConfigError> {
     if id.is_empty() {
@@ -844,6 +870,34 @@ shardtally:
         .unwrap_err()
         .to_string();
         assert!(err.contains("deployment.yaml:3"), "{err}");
+    }
+
+    #[test]
+    fn non_loopback_listen_needs_a_token_or_an_explicit_opt_out() {
+        let o = |listen: &str, allow: bool| Overrides {
+            node_id: Some("n".into()),
+            listen: Some(listen.into()),
+            allow_unauthenticated: allow,
+            ..Overrides::default()
+        };
+        for ok in [
+            "127.0.0.1:9611",
+            "localhost:9611",
+            "[::1]:9611",
+            "127.0.0.2:1",
+        ] {
+            assert!(resolve("", o(ok, false)).is_ok(), "{ok}");
+        }
+        let err = resolve("", o("0.0.0.0:9611", false))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid `listen`"), "{err}");
+        assert!(err.contains("--auth-token-file"), "{err}");
+        assert!(err.contains("--allow-unauthenticated"), "{err}");
+        assert!(resolve("", o("10.1.2.3:9611", false)).is_err());
+        assert!(resolve("", o("0.0.0.0:9611", true)).is_ok());
+        let file = "shardtally:\n  listen: 0.0.0.0:9611\n  allow_unauthenticated: true\n";
+        assert!(resolve(file, o("0.0.0.0:9611", false)).is_ok());
     }
 
     #[test]
