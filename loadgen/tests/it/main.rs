@@ -1,3 +1,5 @@
-//! Integration tests of the loadgen library (one crate; a module per topic).
+//! Integration tests of the loadgen library and binary (one crate; a module per topic).
 
+mod common;
+mod expected_totals;
 mod scenario_files;
