@@ -19,10 +19,7 @@ fn scenario(name: &str) -> Scenario {
 
 /// Events per value of `attribute` over every phase, as the run's publishers produce them.
 fn totals_by(s: &Scenario, attribute: &str) -> BTreeMap<String, u64> {
-    let source = s
-        .app
-        .clone()
-        .map_or(AppSource::Bundled, AppSource::File);
+    let source = s.app.clone().map_or(AppSource::Bundled, AppSource::File);
     let catalog = Catalog::load(&source, true).unwrap_or_else(|e| panic!("{e}"));
     let mut out = BTreeMap::new();
     for phase in &s.phases {

@@ -2,4 +2,6 @@
 
 mod common;
 mod expected_totals;
+mod publish_cli;
+mod run_scenarios;
 mod scenario_files;
