@@ -1,3 +1,7 @@
-//! Integration tests of the loadgen library (one crate; a module per topic).
+//! Integration tests of the loadgen library and binary (one crate; a module per topic).
 
+mod common;
+mod expected_totals;
+mod publish_cli;
+mod run_scenarios;
 mod scenario_files;

@@ -1,0 +1,196 @@
+//! The command line: `run`, `publish`, and the hidden `worker` that re-executes the loadgen as a
+//! shardtally worker.
+//!
+//! Exit status: 0 every expectation held (or every event was acked), 1 an expectation failed or
+//! the run could not complete, 2 a bad scenario file, app, flag or input line (with its
+//! position).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Every expectation held.
+pub(crate) const EXIT_OK: u8 = 0;
+/// An expectation failed, or the run could not complete (a worker crashed on its own, the
+/// database went away, …).
+pub(crate) const EXIT_FAILED: u8 = 1;
+/// A bad scenario file, Siddhi app, flag or input (nothing was started).
+pub(crate) const EXIT_USAGE: u8 = 2;
+
+/// shardtally load generator: replays scenario files against a shardtally cluster, injects
+/// faults, checks the merged totals, and reports throughput and latency.
+#[derive(Debug, Parser)]
+#[command(name = "shardtally-loadgen", version)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run scenario files: spawn their cluster (or use a running one), publish their phases,
+    /// fire their faults, check their expectations, and write a report for each.
+    Run(RunArgs),
+    /// Publish JSON lines from stdin (one object per line, keys = attributes) to running
+    /// workers; exit 0 only when every event is acked.
+    Publish(PublishArgs),
+    /// Run as a shardtally worker (`shardtally-loadgen worker serve …` takes every
+    /// `shardtally-worker` argument): how the loadgen starts its embedded clusters.
+    #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
+    Worker {
+        /// The `shardtally-worker` arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<OsString>,
+    },
+}
+
+/// `run SCENARIO.yaml…`.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct RunArgs {
+    /// Scenario files (YAML), run one after the other. All are checked before the first starts.
+    #[arg(required = true, value_name = "SCENARIO.yaml")]
+    pub(crate) scenarios: Vec<PathBuf>,
+    /// Database the spawned workers share, instead of the scenario's `cluster.database`.
+    /// A postgres:// or mysql:// URL names a server: each run creates a fresh database on it
+    /// (`st_<scenario>_<random>`) and drops it afterwards. sqlite:FILE is used as is.
+    /// [default: a fresh SQLite file in the run's results folder]. For a scenario with
+    /// `cluster.endpoints`, the database the running cluster uses (read by the expectations).
+    #[arg(long, env = "SHARDTALLY_LOADGEN_DATABASE_URL", value_name = "URL")]
+    pub(crate) database_url: Option<String>,
+    /// Where reports go: <DIR>/<scenario>/<UTC timestamp>/
+    #[arg(
+        long,
+        env = "SHARDTALLY_RESULTS",
+        default_value = "results",
+        value_name = "DIR"
+    )]
+    pub(crate) results: PathBuf,
+    /// Seed of the field generators, instead of the scenario's `seed`.
+    #[arg(long, env = "SHARDTALLY_SEED", value_name = "N")]
+    pub(crate) seed: Option<u64>,
+    /// Keep the database created on a PostgreSQL/MySQL server after the run (its URL is
+    /// printed).
+    #[arg(long, env = "SHARDTALLY_KEEP_DATABASE")]
+    pub(crate) keep_database: bool,
+}
+
+/// `publish --endpoints URLSET < events.jsonl`.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct PublishArgs {
+    /// Receiver URL set of the workers: {tcp://h:9611,tcp://h:9612} (round-robin), {a|b}
+    /// (failover), or tcp://h:9611.
+    #[arg(long, env = "SHARDTALLY_ENDPOINTS", value_name = "URLSET")]
+    pub(crate) endpoints: String,
+    /// The stream the events belong to [default: the app's only stream].
+    #[arg(long, env = "SHARDTALLY_STREAM", value_name = "NAME")]
+    pub(crate) stream: Option<String>,
+    /// Events per second (a constant arrival rate) [default: as fast as the workers ack].
+    #[arg(long, env = "SHARDTALLY_RATE", value_name = "N")]
+    pub(crate) rate: Option<f64>,
+    /// The Siddhi app whose stream schema the lines are checked against [default: the schema
+    /// the first worker announces].
+    #[arg(long, env = "SHARDTALLY_APP", value_name = "FILE")]
+    pub(crate) app: Option<PathBuf>,
+    /// File holding the token the workers expect.
+    #[arg(long, env = "SHARDTALLY_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub(crate) auth_token_file: Option<PathBuf>,
+}
+
+/// Parses `std::env::args` and runs the command.
+pub(crate) fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
+        }
+    };
+    match cli.command {
+        Command::Worker { args } => shardtally_worker::cli::main_from(
+            std::iter::once(OsString::from("shardtally-worker")).chain(args),
+        ),
+        Command::Run(args) => with_runtime("error", |rt| rt.block_on(crate::run::run(args))),
+        Command::Publish(args) => {
+            with_runtime("warn", |rt| rt.block_on(crate::publish::publish(args)))
+        }
+    }
+}
+
+/// Starts logging (`SHARDTALLY_LOG`, else `default_level`) and a runtime, and runs `f` in it.
+fn with_runtime(default_level: &str, f: impl FnOnce(&tokio::runtime::Runtime) -> u8) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHARDTALLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    ExitCode::from(f(&runtime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn worker_forwards_every_argument() {
+        let cli = Cli::try_parse_from([
+            "shardtally-loadgen",
+            "worker",
+            "serve",
+            "--node-id",
+            "n1",
+            "--help",
+        ])
+        .unwrap();
+        let Command::Worker { args } = cli.command else {
+            panic!("not the worker subcommand");
+        };
+        assert_eq!(args, ["serve", "--node-id", "n1", "--help"]);
+    }
+
+    #[test]
+    fn run_takes_several_scenarios_and_defaults_results() {
+        let cli = Cli::try_parse_from([
+            "shardtally-loadgen",
+            "run",
+            "a.yaml",
+            "b.yaml",
+            "--seed",
+            "7",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(
+            args.scenarios,
+            [PathBuf::from("a.yaml"), PathBuf::from("b.yaml")]
+        );
+        assert_eq!(args.seed, Some(7));
+        assert_eq!(args.results, PathBuf::from("results"));
+        assert!(!args.keep_database);
+    }
+
+    #[test]
+    fn run_needs_a_scenario() {
+        assert!(Cli::try_parse_from(["shardtally-loadgen", "run"]).is_err());
+    }
+}
