@@ -5,7 +5,7 @@ use super::*;
 use crate::measure::{LatencyRecorder, NodeCounters, Throughput};
 use crate::scenario::Scenario;
 
-const NAPLES: &str = include_str!("../../../scenarios/naples.yaml");
+const NAPLES: &str = include_str!("../../tests/it/fixtures/spec-example.yaml");
 
 fn naples() -> Scenario {
     Scenario::parse(NAPLES, "scenarios/naples.yaml", "scenarios").unwrap_or_else(|e| panic!("{e}"))

@@ -105,42 +105,18 @@ fn database_passes_on_sqlite() {
     passes_on_sqlite("database.yaml", "database");
 }
 
-/// SPEC §5.1's example: the counts are exact through the kill and restart of node 2. Its
-/// `latency: { p99: 500ms }` cannot hold as written: phase 2 goes only to node 2, which is down
-/// from 40% until its restart at 60% has waited out its crashed instance's shard lease (2 s), so
-/// every event of phase 2 waits about that long. The run reports it, and exits 1.
+/// The seeds' example: 30,000 via node 1 and 40,000 via node 2 read back as 70,000, per shard too,
+/// delivered exactly once, within the p99 bound.
 #[test]
-fn naples_counts_are_exact_through_the_crash() {
-    let results = TempDir::new("naples");
+fn naples_passes() {
+    passes_on_sqlite("naples.yaml", "naples-70k");
+    let results = TempDir::new("naples-nodes");
     let out = run_scenarios(&[&scenario("naples.yaml")], results.path(), &[]);
+    assert_eq!(out.code, 0, "{}", out.text());
     let s = summary(results.path(), "naples-70k");
-    assert_eq!(
-        outcomes(&s),
-        [
-            ("query".to_owned(), true),
-            ("shards".to_owned(), true),
-            ("delivered".to_owned(), true),
-            ("latency".to_owned(), false),
-        ],
-        "{}",
-        out.text()
-    );
-    assert_eq!(out.code, 1, "{}", out.text());
-    // The bound fails because of the lease wait, not by a hair.
-    let p99_ms = s["latency"]["corrected"]["p99_ms"].as_f64().expect("p99");
-    assert!(p99_ms >= 1_000.0, "p99 {p99_ms} ms\n{}", out.text());
     assert_eq!(
         s["nodes"],
         serde_json::json!({"wso2-am-analytics-1": 30000, "wso2-am-analytics-2": 40000})
-    );
-    let faults = s["faults"].as_array().expect("faults");
-    assert_eq!(faults.len(), 2);
-    assert!(faults.iter().all(|f| f["fired_ms"].is_number()), "{s:#}");
-    assert!(
-        out.stderr
-            .contains("naples.yaml:37: latency: expected {\"p99\":\"500ms\"} / actual"),
-        "{}",
-        out.text()
     );
 }
 
@@ -165,20 +141,17 @@ fn database_and_naples_on_database_servers() {
         assert!(used.contains("/st_database_"), "{used}");
         let naples = summary(results.path(), "naples-70k");
         assert_eq!(
-            outcomes(&naples)
-                .into_iter()
-                .filter(|(kind, _)| kind != "latency")
-                .collect::<Vec<_>>(),
+            outcomes(&naples),
             [
                 ("query".to_owned(), true),
                 ("shards".to_owned(), true),
                 ("delivered".to_owned(), true),
+                ("latency".to_owned(), true),
             ],
             "{name}: {}",
             out.text()
         );
-        // Naples' p99 bound fails (see above), so the whole run exits 1.
-        assert_eq!(out.code, 1, "{name}: {}", out.text());
+        assert_eq!(out.code, 0, "{name}: {}", out.text());
         assert!(
             !out.stderr.contains("kept the run's database"),
             "{}",
