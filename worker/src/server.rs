@@ -213,7 +213,11 @@ async fn connection(
     let mut last_heard = tokio::time::Instant::now();
     loop {
         let idle_deadline = last_heard + s.idle_timeout;
+        // Biased: a shutdown is seen before anything else (GOODBYE precedes the final acks,
+        // because the serving token is cancelled before the ingest task's last flush), and
+        // writing replies goes before reading more frames.
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => {
                 let _ = framed.send(Frame::Goodbye { reason: "worker shutting down".into() }).await;
                 // Acks for what was handed over still arrive until the ingest task's final flush;
