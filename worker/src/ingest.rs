@@ -86,6 +86,17 @@ struct Pending {
     also_reply: Vec<ReplyTx>,
 }
 
+impl Pending {
+    /// Sends `reply` to every connection this batch came in on (gone connections are skipped:
+    /// their publishers re-send, and the batch id makes that harmless).
+    fn reply(&self, reply: &Reply) {
+        let _ = self.batch.reply.send(reply.clone());
+        for r in &self.also_reply {
+            let _ = r.send(reply.clone());
+        }
+    }
+}
+
 pub(crate) struct Ingest {
     catalog: Arc<Catalog>,
     store: Store,
@@ -109,7 +120,7 @@ impl Ingest {
             .map(|s| catalog.aggregations_of(s))
             .collect();
         Ingest {
-            aggregators: fresh_aggregators(&catalog),
+            aggregators: catalog.aggregators(),
             catalog,
             store,
             settings,
@@ -127,7 +138,10 @@ impl Ingest {
         mut rx: mpsc::Receiver<IncomingBatch>,
         shutdown: CancellationToken,
     ) {
-        let mut tick = tokio::time::interval(self.settings.flush_interval);
+        // The first flush one interval from now (a plain `interval` ticks at once, which under
+        // load lands after the first batch and commits it early).
+        let period = self.settings.flush_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -230,6 +244,12 @@ impl Ingest {
                     );
                     Metrics::add(&self.metrics.batches_committed, self.pending.len() as u64);
                     Metrics::add(&self.metrics.events_committed, self.pending_events as u64);
+                    tracing::debug!(
+                        batches = self.pending.len(),
+                        events = self.pending_events,
+                        micros,
+                        "committed"
+                    );
                     self.ack_all();
                     return;
                 }
@@ -239,10 +259,22 @@ impl Ingest {
                         count = dups.len(),
                         "batches already committed elsewhere; acking them without counting"
                     );
-                    self.ack_duplicates(&dups);
+                    let found = self.ack_duplicates(&dups);
                     self.rebuild();
                     if self.pending.is_empty() {
                         return;
+                    }
+                    if found == 0 {
+                        // The store named none of ours: never spin on that, back off instead.
+                        tracing::warn!(
+                            ?dups,
+                            "commit reported duplicates that are not pending here; retrying"
+                        );
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = shutdown.cancelled() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                     deltas = drain(&mut self.aggregators);
                 }
@@ -270,65 +302,73 @@ impl Ingest {
         }
     }
 
-    /// Commits pending batches individually: the ones that fail for good are rejected.
+    /// Commits pending batches individually: the ones that fail for good are rejected, the
+    /// others commit. A retriable error retries the same batch; a shutdown meanwhile leaves the
+    /// batches not yet committed pending (re-folded), for the final flush.
     async fn commit_one_by_one(&mut self, shutdown: &CancellationToken) {
-        let pending = std::mem::take(&mut self.pending);
-        self.pending_index.clear();
-        self.pending_events = 0;
-        self.metrics.pending_events.store(0, Ordering::Relaxed);
-        for p in pending {
-            self.aggregators = fresh_aggregators(&self.catalog);
-            self.pending_index.insert(p.batch.key(), 0);
-            let n = record(
-                &mut self.aggregators,
-                &self.by_stream,
-                &self.catalog,
-                &p.batch,
-            )
-            .unwrap_or(0);
-            self.pending_events = n;
-            self.pending.push(p);
-            let ids = vec![self.pending[0].batch.batch_id()];
-            let deltas = drain(&mut self.aggregators);
-            let pairs: Vec<_> = self.catalog.layouts.iter().zip(deltas.iter()).collect();
-            match self
-                .store
-                .commit(&self.settings.shard_id, &ids, &pairs)
-                .await
-            {
-                Ok(CommitOutcome::Committed) => {
-                    Metrics::add(&self.metrics.batches_committed, 1);
-                    Metrics::add(&self.metrics.events_committed, n as u64);
-                    self.ack_all();
-                }
-                Ok(CommitOutcome::Duplicates(d)) => {
-                    self.ack_duplicates(&d);
-                    self.pending.clear();
-                    self.pending_index.clear();
-                }
-                Err(e) if e.is_retriable() => {
-                    // The database went away meanwhile: fall back to the normal retry loop.
-                    self.rebuild();
-                    Box::pin(self.flush(shutdown)).await;
-                }
+        let mut queue: std::collections::VecDeque<Pending> =
+            std::mem::take(&mut self.pending).into();
+        let mut backoff = Duration::from_millis(50);
+        'batches: while let Some(p) = queue.pop_front() {
+            let mut aggregators = self.catalog.aggregators();
+            let n = match record(&mut aggregators, &self.by_stream, &self.catalog, &p.batch) {
+                Ok(n) => n,
                 Err(e) => {
-                    let p = self.pending.remove(0);
-                    self.pending_index.clear();
-                    reject(&self.metrics, p, &e);
+                    Metrics::add(&self.metrics.batches_rejected, 1);
+                    p.reply(&Reply::Reject(
+                        p.batch.frame.seq,
+                        RejectCode::Invalid,
+                        e.to_string(),
+                    ));
+                    continue;
+                }
+            };
+            let deltas = drain(&mut aggregators);
+            let pairs: Vec<_> = self.catalog.layouts.iter().zip(deltas.iter()).collect();
+            let ids = [p.batch.batch_id()];
+            loop {
+                match self
+                    .store
+                    .commit(&self.settings.shard_id, &ids, &pairs)
+                    .await
+                {
+                    Ok(CommitOutcome::Committed) => {
+                        Metrics::add(&self.metrics.batches_committed, 1);
+                        Metrics::add(&self.metrics.events_committed, n as u64);
+                        p.reply(&Reply::Ack(p.batch.frame.seq));
+                        continue 'batches;
+                    }
+                    Ok(CommitOutcome::Duplicates(_)) => {
+                        Metrics::add(&self.metrics.batches_duplicate, 1);
+                        p.reply(&Reply::Ack(p.batch.frame.seq));
+                        continue 'batches;
+                    }
+                    Err(e) if e.is_retriable() => {
+                        self.metrics.database_up.store(false, Ordering::Relaxed);
+                        Metrics::add(&self.metrics.commit_failures, 1);
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = shutdown.cancelled() => {
+                                queue.push_front(p);
+                                break 'batches;
+                            }
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        reject(&self.metrics, p, &e);
+                        continue 'batches;
+                    }
                 }
             }
         }
-        self.pending_events = 0;
-        self.aggregators = fresh_aggregators(&self.catalog);
+        self.pending = queue.into();
+        self.rebuild();
     }
 
     fn ack_all(&mut self) {
         for p in self.pending.drain(..) {
-            let seq = p.batch.frame.seq;
-            let _ = p.batch.reply.send(Reply::Ack(seq));
-            for r in p.also_reply {
-                let _ = r.send(Reply::Ack(seq));
-            }
+            p.reply(&Reply::Ack(p.batch.frame.seq));
         }
         self.pending_index.clear();
         let n = std::mem::take(&mut self.pending_events);
@@ -337,36 +377,31 @@ impl Ingest {
             .fetch_sub(i64::try_from(n).unwrap_or(0), Ordering::Relaxed);
     }
 
-    fn ack_duplicates(&mut self, dups: &[BatchId]) {
-        let before = self.pending.len();
+    /// Acks the pending batches named in `dups` (committed already, by anyone) and drops them.
+    /// Returns how many were found.
+    fn ack_duplicates(&mut self, dups: &[BatchId]) -> usize {
         let dup_keys: std::collections::HashSet<(&str, u64)> = dups
             .iter()
             .map(|d| (d.publisher_id.as_str(), d.seq))
             .collect();
-        let mut kept = Vec::with_capacity(self.pending.len());
-        for p in self.pending.drain(..) {
-            if dup_keys.contains(&(&*p.batch.publisher_id, p.batch.frame.seq)) {
-                let seq = p.batch.frame.seq;
-                let _ = p.batch.reply.send(Reply::Ack(seq));
-                for r in p.also_reply {
-                    let _ = r.send(Reply::Ack(seq));
-                }
-            } else {
-                kept.push(p);
+        let before = self.pending.len();
+        self.pending.retain(|p| {
+            let dup = dup_keys.contains(&(&*p.batch.publisher_id, p.batch.frame.seq));
+            if dup {
+                p.reply(&Reply::Ack(p.batch.frame.seq));
             }
-        }
-        Metrics::add(
-            &self.metrics.batches_duplicate,
-            (before - kept.len()) as u64,
-        );
-        self.pending = kept;
+            !dup
+        });
+        let found = before - self.pending.len();
+        Metrics::add(&self.metrics.batches_duplicate, found as u64);
+        found
     }
 
     /// Re-folds every pending batch into fresh aggregators (after duplicates were removed, or a
     /// drain whose deltas were not committed).
     fn rebuild(&mut self) {
         let events = loop {
-            self.aggregators = fresh_aggregators(&self.catalog);
+            self.aggregators = self.catalog.aggregators();
             let mut events = 0;
             let mut failed = None;
             for (i, p) in self.pending.iter().enumerate() {
@@ -410,23 +445,11 @@ impl Ingest {
 fn reject(metrics: &Metrics, p: Pending, e: &StoreError) {
     Metrics::add(&metrics.batches_rejected, 1);
     tracing::warn!(publisher = %p.batch.publisher_id, seq = p.batch.frame.seq, error = %e, "batch rejected by the database");
-    let reason = format!("the database refused this batch: {e}");
-    let _ = p.batch.reply.send(Reply::Reject(
+    p.reply(&Reply::Reject(
         p.batch.frame.seq,
         RejectCode::Invalid,
-        reason.clone(),
+        format!("the database refused this batch: {e}"),
     ));
-    for r in p.also_reply {
-        let _ = r.send(Reply::Reject(
-            p.batch.frame.seq,
-            RejectCode::Invalid,
-            reason.clone(),
-        ));
-    }
-}
-
-fn fresh_aggregators(catalog: &Catalog) -> Vec<Aggregator> {
-    catalog.aggregators()
 }
 
 fn drain(aggregators: &mut [Aggregator]) -> Vec<Delta> {

@@ -330,3 +330,54 @@ async fn purge_deletes_buckets_past_their_retention_and_keeps_the_rest() {
     drop(w);
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_the_database_refuses_is_rejected_and_the_others_in_its_flush_commit() {
+    on_every_backend(|db| async move {
+        // A long sum that overflows BIGINT: refused by PostgreSQL and MySQL (SQLite turns it into a
+        // float instead, so the refusal path is exercised on the servers).
+        if db.backend == Backend::Sqlite {
+            return db;
+        }
+        let dir = std::env::temp_dir().join(format!("shardtally-it-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let app = dir.join("sums.siddhi");
+        std::fs::write(
+            &app,
+            "@app:name('Sums')\ndefine stream s (k string, x long, ts long);\n\
+             define aggregation SumAgg from s select k, sum(x) as total group by k aggregate by ts every sec ... year;\n",
+        )
+        .expect("app");
+        let app = app.display().to_string();
+        let mut args = serve_args(&db.url, "node-a");
+        args.extend(["--app".into(), app.clone()]);
+        let w = WorkerProc::start(&args);
+        let mut c = RawClient::connect(w.listen, "gw-overflow", "").await.expect("hello");
+        let row = |k: &str, x: i64| vec![Value::from(k), Value::Long(x), Value::Long(1_795_168_800_000)];
+        c.send_batch(1, "s", &["k", "x", "ts"], &[row("a", i64::MAX - 10)]).await;
+        assert_eq!(c.recv().await, Frame::Ack { seq: 1 });
+
+        // Batch 2 overflows key `a`; batch 3 is fine. Whether or not they share a flush, 2 is
+        // rejected (never retried) and 3 commits.
+        c.send_batch(2, "s", &["k", "x", "ts"], &[row("a", 100)]).await;
+        c.send_batch(3, "s", &["k", "x", "ts"], &[row("b", 7)]).await;
+        let mut replies = vec![c.recv().await, c.recv().await];
+        replies.sort_by_key(|f| match f {
+            Frame::Ack { seq } | Frame::Reject { seq, .. } => *seq,
+            _ => 0,
+        });
+        assert!(
+            matches!(&replies[0], Frame::Reject { seq: 2, code: RejectCode::Invalid, .. }),
+            "{replies:?}"
+        );
+        assert_eq!(replies[1], Frame::Ack { seq: 3 });
+        let q = "from SumAgg within 0, 4102444800000 per \"years\" select k, total order by k";
+        assert_eq!(
+            crate::cluster::query_records_with(&db.url, &["--app", &app], q),
+            vec![vec![json!("a"), json!(i64::MAX - 10)], vec![json!("b"), json!(7)]]
+        );
+        drop(w);
+        db
+    })
+    .await;
+}
