@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use shardtally_worker::store::Backend;
+use shardtally_worker::node::Bound;
+use shardtally_worker::store::{Backend, with_database};
 use sqlx::Connection as _;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
@@ -337,7 +338,7 @@ fn spawn(exe: &Path, w: &Worker) -> Result<Starting, ClusterError> {
             let mut tx = Some(tx);
             // Keep reading after the ready line so the pipe never fills.
             while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("shardtally-worker ready")
+                if Bound::parse_ready_line(&line).is_some()
                     && let Some(tx) = tx.take()
                 {
                     let _ = tx.send(line);
@@ -576,24 +577,6 @@ fn fresh_name(scenario: &str) -> String {
     format!("st_{sanitized}_{:08x}", rand::random::<u32>())
 }
 
-/// `url` with its path (the database) replaced by `name`, query string kept.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,22 +592,6 @@ mod tests {
         );
         let long = fresh_name(&"x".repeat(200));
         assert!(long.len() <= 63, "{long}");
-    }
-
-    #[test]
-    fn database_names_replace_the_path() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/test", "st_1"),
-            "postgres://postgres@127.0.0.1:5432/st_1"
-        );
-        assert_eq!(
-            with_database("mysql://root@127.0.0.1:3306", "st_1"),
-            "mysql://root@127.0.0.1:3306/st_1"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h/db?sslmode=disable", "st_2"),
-            "postgres://u:p@h/st_2?sslmode=disable"
-        );
     }
 
     #[test]

@@ -233,10 +233,7 @@ async fn serve(a: ServeArgs) -> u8 {
     }
     let result = crate::node::run(config, shutdown, |bound| {
         // One machine-readable line on stdout for scripts and the loadgen.
-        println!(
-            "shardtally-worker ready listen={} http={}",
-            bound.listen, bound.http
-        );
+        println!("{}", bound.ready_line());
     })
     .await;
     match result {
@@ -330,11 +327,6 @@ async fn migrate(a: MigrateArgs) -> u8 {
 
 /// Renders a result set as a table, JSON (`{"records": …}` as the HTTP API) or CSV.
 fn render(rs: &ResultSet, format: Format) -> String {
-    let cells: Vec<Vec<String>> = rs
-        .rows
-        .iter()
-        .map(|r| r.iter().map(ToString::to_string).collect())
-        .collect();
     match format {
         Format::Json => {
             let records: Vec<Vec<serde_json::Value>> = rs
@@ -366,6 +358,11 @@ fn render(rs: &ResultSet, format: Format) -> String {
             out
         }
         Format::Table => {
+            let cells: Vec<Vec<String>> = rs
+                .rows
+                .iter()
+                .map(|r| r.iter().map(ToString::to_string).collect())
+                .collect();
             let mut widths: Vec<usize> = rs.columns.iter().map(|c| c.chars().count()).collect();
             for row in &cells {
                 for (w, c) in widths.iter_mut().zip(row) {

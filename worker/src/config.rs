@@ -521,9 +521,8 @@ impl WorkerConfig {
             .or_else(|| own.and_then(|s| s.database_url.clone()))
         {
             Some(url) => url,
-            None => match datasource.and_then(|d| d.jdbc_url.as_deref()) {
-                Some(jdbc) => {
-                    let ds = datasource.unwrap_or(&DEFAULT_DS);
+            None => match datasource.and_then(|d| Some((d, d.jdbc_url.as_deref()?))) {
+                Some((ds, jdbc)) => {
                     let (url, dropped) =
                         jdbc_to_sqlx(jdbc, ds.username.as_deref(), ds.password.as_deref())?;
                     dropped_jdbc_params = dropped;
@@ -662,14 +661,6 @@ impl WorkerConfig {
         })
     }
 }
-
-static DEFAULT_DS: DataSourceConfiguration = DataSourceConfiguration {
-    jdbc_url: None,
-    username: None,
-    password: None,
-    max_pool_size: None,
-    other: BTreeMap::new(),
-};
 
 /// Whether `addr` (`host:port`) only accepts connections from this machine.
 fn is_loopback(addr: &str) -> bool {

@@ -69,12 +69,37 @@ impl NodeError {
 }
 
 /// Addresses a started worker listens on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bound {
     /// Publisher TCP address.
     pub listen: SocketAddr,
     /// HTTP address.
     pub http: SocketAddr,
+}
+
+impl Bound {
+    const READY: &'static str = "shardtally-worker ready";
+
+    /// The one line `serve` prints on stdout when ready:
+    /// `shardtally-worker ready listen=ADDR http=ADDR`.
+    pub fn ready_line(&self) -> String {
+        format!("{} listen={} http={}", Bound::READY, self.listen, self.http)
+    }
+
+    /// Parses a [`Bound::ready_line`]; `None` for any other line.
+    pub fn parse_ready_line(line: &str) -> Option<Bound> {
+        let rest = line.trim().strip_prefix(Bound::READY)?;
+        let field = |key: &str| -> Option<SocketAddr> {
+            rest.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))?
+                .parse()
+                .ok()
+        };
+        Some(Bound {
+            listen: field("listen=")?,
+            http: field("http=")?,
+        })
+    }
 }
 
 /// Runs a worker until `shutdown` is cancelled (then stops gracefully) or a fatal error occurs.
@@ -403,5 +428,28 @@ async fn purge_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_round_trips() {
+        let b = Bound {
+            listen: "127.0.0.1:9611".parse().unwrap(),
+            http: "[::1]:9091".parse().unwrap(),
+        };
+        assert_eq!(
+            b.ready_line(),
+            "shardtally-worker ready listen=127.0.0.1:9611 http=[::1]:9091"
+        );
+        assert_eq!(Bound::parse_ready_line(&b.ready_line()), Some(b));
+        assert_eq!(
+            Bound::parse_ready_line("shardtally-worker ready listen=x http=y"),
+            None
+        );
+        assert_eq!(Bound::parse_ready_line("INFO worker ready"), None);
     }
 }

@@ -352,6 +352,12 @@ fn check_batch(shared: &Shared, batch: &BatchFrame) -> Result<(usize, Arc<[usize
         }
         positions.push(p);
     }
+    // The batch column (if any) carrying each group-by key, resolved once per batch.
+    let keys: Vec<(Option<usize>, usize, usize, usize)> = catalog
+        .key_columns(stream)
+        .iter()
+        .map(|&(pos, agg, key)| (positions.iter().position(|&p| p == pos), pos, agg, key))
+        .collect();
     let mut values: Vec<ValueRef<'_>> = Vec::with_capacity(positions.len());
     let mut reader = batch.reader();
     let mut index = 0u32;
@@ -378,11 +384,8 @@ fn check_batch(shared: &Shared, batch: &BatchFrame) -> Result<(usize, Arc<[usize
                 ));
             }
         }
-        for &(pos, agg, key) in catalog.key_columns(stream) {
-            let value = positions
-                .iter()
-                .position(|&p| p == pos)
-                .map_or(ValueRef::Null, |i| values[i]);
+        for &(column, pos, agg, key) in &keys {
+            let value = column.map_or(ValueRef::Null, |i| values[i]);
             if let Err(e) = check_value(&catalog.layouts[agg], ColumnRef::Key(key), value) {
                 return Err(Check::Reject(
                     RejectCode::Invalid,

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use shardtally_worker::node::Bound;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -233,23 +234,17 @@ impl Worker {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("shardtally-worker ready") {
-                    let _ = tx.send(line);
+                if let Some(bound) = Bound::parse_ready_line(&line) {
+                    let _ = tx.send(bound);
                 }
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-                let field = |k: &str| -> SocketAddr {
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix(k))
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or_else(|| panic!("bad ready line: {line}"))
-                };
+            if let Ok(bound) = rx.recv_timeout(Duration::from_millis(50)) {
                 return Worker {
-                    listen: field("listen="),
-                    http: field("http="),
+                    listen: bound.listen,
+                    http: bound.http,
                     child,
                     database_url,
                 };

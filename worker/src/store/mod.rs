@@ -47,3 +47,44 @@ pub use schema::{
     key_string_chars,
 };
 pub use shard::LeaseOutcome;
+
+/// `url` with its database (the path) replaced by `name`, any query string kept:
+/// `postgres://u@h:5432/test` + `st_1` → `postgres://u@h:5432/st_1`. For tools that create a
+/// fresh database on a server (tests, the loadgen's per-run databases).
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::with_database;
+
+    #[test]
+    fn database_names_replace_the_path() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/test", "st_1"),
+            "postgres://postgres@127.0.0.1:5432/st_1"
+        );
+        assert_eq!(
+            with_database("mysql://root@127.0.0.1:3306", "st_1"),
+            "mysql://root@127.0.0.1:3306/st_1"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "st_2"),
+            "postgres://u:p@h/st_2?sslmode=disable"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use shardtally_worker::node::Bound;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -102,23 +103,17 @@ impl WorkerProc {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("shardtally-worker ready") {
-                    let _ = tx.send(line);
+                if let Some(bound) = Bound::parse_ready_line(&line) {
+                    let _ = tx.send(bound);
                 }
             }
         });
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-                let field = |k: &str| -> SocketAddr {
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix(k))
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or_else(|| panic!("bad ready line: {line}"))
-                };
+            if let Ok(bound) = rx.recv_timeout(Duration::from_millis(50)) {
                 return Ok(WorkerProc {
-                    listen: field("listen="),
-                    http: field("http="),
+                    listen: bound.listen,
+                    http: bound.http,
                     child,
                     node_id,
                     log,

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 
-use shardtally_worker::store::{Backend, Store};
+use shardtally_worker::store::{Backend, Store, with_database};
 use sqlx::Connection;
 
 /// Environment variable naming the PostgreSQL server for tests.
@@ -57,24 +57,6 @@ enum Cleanup {
 
 fn random_suffix() -> String {
     format!("{:016x}", rand::random::<u64>())
-}
-
-/// `url` with its database (the path) replaced by `name`.
-pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }
 
 impl TestDb {
@@ -164,20 +146,4 @@ where
         let db = test(db).await;
         db.cleanup().await;
     }
-}
-
-#[test]
-fn database_names_replace_the_path() {
-    assert_eq!(
-        with_database("postgres://postgres@127.0.0.1:5432/test", "st_1"),
-        "postgres://postgres@127.0.0.1:5432/st_1"
-    );
-    assert_eq!(
-        with_database("mysql://root@127.0.0.1:3306", "st_1"),
-        "mysql://root@127.0.0.1:3306/st_1"
-    );
-    assert_eq!(
-        with_database("postgres://u:p@h/db?sslmode=disable", "st_2"),
-        "postgres://u:p@h/st_2?sslmode=disable"
-    );
 }
