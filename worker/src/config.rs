@@ -401,6 +401,8 @@ pub struct Overrides {
     pub allow_shard_change: bool,
     /// `--allow-unauthenticated`.
     pub allow_unauthenticated: bool,
+    /// `--discard-events` (hidden; benchmark baseline).
+    pub discard_events: bool,
 }
 
 /// Where the Siddhi app comes from.
@@ -451,6 +453,8 @@ pub struct WorkerConfig {
     pub max_batch_events: u32,
     /// Maximum publisher connections.
     pub max_connections: usize,
+    /// Benchmark baseline: fold and ack events, never store them (`--discard-events`).
+    pub discard_events: bool,
     /// WSO2 keys found in the file that shardtally does not use.
     pub ignored_keys: Vec<String>,
     /// JDBC parameters dropped from the datasource URL.
@@ -656,6 +660,7 @@ impl WorkerConfig {
                 .unwrap_or(16 * 1024 * 1024),
             max_batch_events: own.and_then(|s| s.max_batch_events).unwrap_or(100_000),
             max_connections: own.and_then(|s| s.max_connections).unwrap_or(1024),
+            discard_events: o.discard_events,
             ignored_keys: file.ignored_keys(),
             dropped_jdbc_params,
         })

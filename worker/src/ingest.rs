@@ -78,6 +78,8 @@ pub(crate) struct IngestSettings {
     pub(crate) shard_id: String,
     pub(crate) flush_interval: Duration,
     pub(crate) max_pending_events: usize,
+    /// Benchmark only (`serve --discard-events`): fold and ack at once, drain into nothing.
+    pub(crate) discard: bool,
 }
 
 struct Pending {
@@ -138,6 +140,9 @@ impl Ingest {
         mut rx: mpsc::Receiver<IncomingBatch>,
         shutdown: CancellationToken,
     ) {
+        if self.settings.discard {
+            return self.run_discarding(rx, shutdown).await;
+        }
         // The first flush one interval from now (a plain `interval` ticks at once, which under
         // load lands after the first batch and commits it early).
         let period = self.settings.flush_interval;
@@ -170,6 +175,39 @@ impl Ingest {
                 pending = self.pending.len(),
                 "shutdown: database did not accept the final flush within 30s; those batches stay unacked and publishers will re-send them"
             ),
+        }
+    }
+
+    /// The `wire` baseline of `shardtally-loadgen bench`: the same decode and fold as [`Ingest::run`],
+    /// but each batch is acked as soon as it is folded, and every flush interval the aggregators
+    /// are drained into nothing. Nothing reaches the database; what is left is the ceiling of the
+    /// protocol and the engine.
+    async fn run_discarding(
+        mut self,
+        mut rx: mpsc::Receiver<IncomingBatch>,
+        shutdown: CancellationToken,
+    ) {
+        tracing::warn!("--discard-events: events are folded and acked but never stored (benchmark baseline)");
+        let period = self.settings.flush_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let rows: u64 = drain(&mut self.aggregators).iter().map(|d| d.row_count() as u64).sum();
+                    tracing::trace!(rows, "discarded");
+                }
+                batch = rx.recv() => {
+                    let Some(batch) = batch else { break };
+                    let reply = match record(&mut self.aggregators, &self.by_stream, &self.catalog, &batch) {
+                        Ok(_) => Reply::Ack(batch.frame.seq),
+                        Err(e) => Reply::Reject(batch.frame.seq, RejectCode::Invalid, e.to_string()),
+                    };
+                    let _ = batch.reply.send(reply);
+                }
+            }
         }
     }
 

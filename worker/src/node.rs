@@ -203,6 +203,7 @@ async fn serve_with_lease(
             shard_id: config.shard_id.clone(),
             flush_interval: config.flush_interval,
             max_pending_events: config.max_pending_events,
+            discard: config.discard_events,
         },
         metrics.clone(),
     );
