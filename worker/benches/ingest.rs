@@ -64,8 +64,8 @@ fn decode_batch(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode_batch");
     group.throughput(Throughput::Elements(1000));
     group.bench_function("1000", |b| {
-        let mut values = Vec::with_capacity(4);
         b.iter(|| {
+            let mut values = Vec::with_capacity(4);
             let mut buf = BytesMut::from(&frame[..]);
             let Ok(Some(Frame::Batch(batch))) = codec.decode(&mut buf) else {
                 panic!("not a batch");
