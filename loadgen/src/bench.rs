@@ -108,6 +108,8 @@ pub(crate) struct BenchConfig {
     pub(crate) baseline: String,
     pub(crate) rate: Option<f64>,
     pub(crate) seed: u64,
+    pub(crate) batch_events: Option<u32>,
+    pub(crate) in_flight: Option<usize>,
 }
 
 /// One end-to-end run (shardtally or wire).
@@ -125,6 +127,10 @@ pub(crate) struct SystemResult {
     pub(crate) lost: u64,
     /// The last failure, if any.
     pub(crate) last_failure: Option<String>,
+    /// Batches the publishers sent again (a worker failed or did not ack in time).
+    pub(crate) retried: u64,
+    /// Times a publisher gave a worker up and moved its batches to another.
+    pub(crate) failed_over: u64,
     /// Offered rate (open model), events/s.
     pub(crate) offered_rate: Option<f64>,
     /// Acked events per second, first publish to last ack.
@@ -378,6 +384,8 @@ async fn run_stages(
             publishers: args.publishers,
             rate: args.rate,
             tag: "bench".to_owned(),
+            batch_events: args.batch_events,
+            in_flight: args.in_flight,
         },
     )
     .await?;
@@ -393,11 +401,14 @@ async fn run_stages(
         let rate = shardtally.events_per_sec / 2.0;
         let events = ((rate * args.half_rate_seconds) as u64).max(1);
         eprintln!("[3/6] shardtally at half that rate: {rate:.0} events/s, {events} events");
+        // The replay goes on after the first run's span, with the same density of events per key
+        // and second (a shorter span for fewer events): each event costs the database the same.
+        let half_spread = (spread_ms as f64 * events as f64 / args.events as f64) as i64;
         let half = Arc::new(Workload::new(
             events,
             args.keys,
-            DEFAULT_START_MS,
-            spread_ms,
+            DEFAULT_START_MS + spread_ms,
+            half_spread.min(spread_ms),
             order,
             args.seed.wrapping_add(1),
         ));
@@ -410,6 +421,8 @@ async fn run_stages(
                 publishers: args.publishers,
                 rate: Some(rate),
                 tag: "bench-half".to_owned(),
+                batch_events: args.batch_events,
+                in_flight: args.in_flight,
             },
         )
         .await?;
@@ -441,6 +454,8 @@ async fn run_stages(
                 publishers: args.publishers,
                 rate: None,
                 tag: "wire".to_owned(),
+                batch_events: args.batch_events,
+                in_flight: args.in_flight,
             },
         )
         .await?;
@@ -493,11 +508,11 @@ async fn run_stages(
     }
 
     // 6. The database's batched-upsert rate.
-    eprintln!(
-        "[6/6] database: {CALIBRATION_ROWS}-row upsert transactions for {}s",
-        args.calibrate_seconds
-    );
     let database = if args.calibrate_seconds > 0.0 {
+        eprintln!(
+            "[6/6] database: {CALIBRATION_ROWS}-row upsert transactions for {}s",
+            args.calibrate_seconds
+        );
         Some(
             calibrate(
                 &catalog,
@@ -508,6 +523,7 @@ async fn run_stages(
             .await?,
         )
     } else {
+        eprintln!("[6/6] database: skipped");
         None
     };
     store.close().await;
@@ -543,6 +559,8 @@ async fn run_stages(
             baseline: args.baseline.name().to_owned(),
             rate: args.rate,
             seed: args.seed,
+            batch_events: args.batch_events,
+            in_flight: args.in_flight,
         },
         ratios: Ratios {
             vs_naive: naive.as_ref().and_then(|n| ratio(n.events_per_sec)),
@@ -635,6 +653,8 @@ async fn measure_system(
         committed: None,
         lost: d.dropped + d.failed,
         last_failure: d.last_failure.clone(),
+        retried: d.retried,
+        failed_over: d.failed_over,
         offered_rate: options.rate,
         events_per_sec: d.events_per_sec(),
         duration_s: d.elapsed.as_secs_f64(),

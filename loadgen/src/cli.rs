@@ -115,6 +115,13 @@ pub(crate) struct BenchArgs {
     /// The workers' flush interval.
     #[arg(long, default_value = "200ms", value_parser = duration, value_name = "DURATION")]
     pub(crate) flush_interval: Duration,
+    /// Events per batch (the publisher's `batch_max_events`) [default: the publisher's default].
+    #[arg(long, value_name = "N")]
+    pub(crate) batch_events: Option<u32>,
+    /// Unacked batches per connection (the publisher's `max_in_flight_per_connection`)
+    /// [default: the publisher's default].
+    #[arg(long, value_name = "N")]
+    pub(crate) in_flight: Option<usize>,
     /// Publish at this many events per second in total (open model) instead of as fast as
     /// acks allow.
     #[arg(long, value_name = "N")]
@@ -228,7 +235,9 @@ pub(crate) fn main() -> ExitCode {
             std::iter::once(OsString::from("shardtally-worker")).chain(args),
         ),
         Command::Run(args) => with_runtime("error", |rt| rt.block_on(crate::run::run(args))),
-        Command::Bench(args) => with_runtime("warn", |rt| rt.block_on(crate::bench::bench(args))),
+        Command::Bench(args) => with_runtime("warn,sqlx=error", |rt| {
+            rt.block_on(crate::bench::bench(args))
+        }),
         Command::Publish(args) => {
             with_runtime("warn", |rt| rt.block_on(crate::publish::publish(args)))
         }

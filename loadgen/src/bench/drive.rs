@@ -45,6 +45,10 @@ pub(crate) struct DriveOptions {
     pub(crate) rate: Option<f64>,
     /// Publisher id prefix.
     pub(crate) tag: String,
+    /// `batch_max_events`, if not the default.
+    pub(crate) batch_events: Option<u32>,
+    /// `max_in_flight_per_connection`, if not the default.
+    pub(crate) in_flight: Option<usize>,
 }
 
 /// What a drive measured.
@@ -60,6 +64,10 @@ pub(crate) struct Driven {
     pub(crate) failed: u64,
     /// The last failure, if any.
     pub(crate) last_failure: Option<String>,
+    /// Batches sent again (after a worker failed or timed out).
+    pub(crate) retried: u64,
+    /// Times a worker was given up and its batches moved to another.
+    pub(crate) failed_over: u64,
     /// Publish→ack latency per event (from the due time in the open model).
     pub(crate) latency: LatencyRecorder,
     /// From the start of publishing to the last ack.
@@ -99,7 +107,14 @@ pub(crate) async fn drive(
     let mut publishers = Vec::with_capacity(m);
     let mut report_rxs = Vec::with_capacity(m);
     for k in 0..m {
-        let publisher = Publisher::builder(&o.url_set)
+        let mut builder = Publisher::builder(&o.url_set);
+        if let Some(n) = o.batch_events {
+            builder = builder.batch_max_events(n);
+        }
+        if let Some(n) = o.in_flight {
+            builder = builder.max_in_flight_per_connection(n);
+        }
+        let publisher = builder
             .publisher_id(format!("{}-p{k}", o.tag))
             .client_name(concat!("shardtally-loadgen-bench/", env!("CARGO_PKG_VERSION")))
             .schema(schema.clone())
@@ -153,6 +168,8 @@ pub(crate) async fn drive(
         dropped: 0,
         failed: refused,
         last_failure: last_refusal,
+        retried: 0,
+        failed_over: 0,
         latency: LatencyRecorder::new(),
         elapsed: Duration::ZERO,
         nodes: NodeCounters::new(),
@@ -164,6 +181,8 @@ pub(crate) async fn drive(
         driven.acked += stats.acked;
         driven.dropped += stats.dropped_total();
         driven.failed += stats.failed_total();
+        driven.retried += stats.retried;
+        driven.failed_over += stats.failed_over;
         if stats.last_failure.is_some() {
             driven.last_failure = stats.last_failure;
         }

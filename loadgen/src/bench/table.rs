@@ -138,14 +138,17 @@ pub(crate) fn render(s: &BenchSummary) -> String {
     );
     let _ = writeln!(
         out,
-        "shardtally: {} commits, {} rows written ({:.1} events per row)",
+        "shardtally: {} commits, {} rows written ({:.1} events per row), {} batches re-sent, {} \
+         failovers",
         thousands(t.commits as f64),
         thousands(t.rows_written as f64),
         if t.rows_written > 0 {
             t.acked as f64 / t.rows_written as f64
         } else {
             0.0
-        }
+        },
+        thousands(t.retried as f64),
+        thousands(t.failed_over as f64),
     );
     if let Some(d) = &s.database {
         let _ = writeln!(
