@@ -5,6 +5,8 @@
 //! route) as *pending*. A flush — every `flush_interval`, or sooner when pending events reach
 //! half their cap — drains the aggregators into deltas and commits them together with the
 //! pending batch ids in one transaction ([`Store::commit`]); only then are the batches acked.
+//! Flushes start early by the duration of the last commit (down to a quarter of the interval),
+//! so a batch is committed, and acked, about one flush interval after it arrives.
 //!
 //! Commits are pipelined: one commit at a time runs in its own task while this task goes on
 //! receiving and folding the next batches. When the database is slower than the flush interval,
@@ -126,6 +128,8 @@ pub(crate) struct Ingest {
     /// A flush is due (the interval passed, or pending reached half the cap) but a commit was in
     /// flight: start the next one as soon as it ends.
     due: bool,
+    /// How long the last commit took.
+    last_commit: Duration,
 }
 
 /// Where a batch id is.
@@ -176,6 +180,7 @@ impl Ingest {
             in_flight_events: 0,
             index: HashMap::new(),
             due: false,
+            last_commit: Duration::ZERO,
         }
     }
 
@@ -188,11 +193,10 @@ impl Ingest {
         if self.settings.discard {
             return self.run_discarding(rx, shutdown).await;
         }
-        // The first flush one interval from now (a plain `interval` ticks at once, which under
-        // load lands after the first batch and commits it early).
+        // The first flush one interval from now; then flushes start early by the duration of
+        // the last commit, so an event is committed within about one interval of its arrival.
         let period = self.settings.flush_interval;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_flush = tokio::time::Instant::now() + period;
         let cap = self.settings.max_pending_events;
         let mut task: Option<CommitTask> = None;
         loop {
@@ -202,11 +206,12 @@ impl Ingest {
                 done = wait(&mut task), if task.is_some() => {
                     task = self.finished(done, &shutdown).await;
                 }
-                _ = tick.tick() => {
+                () = tokio::time::sleep_until(next_flush) => {
                     self.due = true;
                     if task.is_none() {
                         task = self.start_commit();
                     }
+                    next_flush = tokio::time::Instant::now() + flush_spacing(period, self.last_commit);
                 }
                 batch = rx.recv(), if self.pending_events + self.in_flight_events < cap => {
                     let Some(batch) = batch else { break };
@@ -401,6 +406,7 @@ impl Ingest {
         };
         match done.outcome {
             Ok(CommitOutcome::Committed) => {
+                self.last_commit = Duration::from_micros(done.micros);
                 self.metrics.database_up.store(true, Ordering::Relaxed);
                 self.metrics
                     .last_commit_micros
@@ -698,6 +704,13 @@ impl Ingest {
     }
 }
 
+/// Time between the starts of two flushes: the flush interval less the duration of the last
+/// commit (so a batch is committed about one interval after it arrives), but at least a quarter
+/// of the interval. A database slower than that makes commits run back to back.
+fn flush_spacing(period: Duration, last_commit: Duration) -> Duration {
+    period.saturating_sub(last_commit).max(period / 4)
+}
+
 /// Waits for the commit task, if there is one (the handle stays in place, so a `select!` that
 /// drops this future loses nothing; the caller replaces it once it has finished).
 async fn wait(task: &mut Option<CommitTask>) -> Result<CommitDone, tokio::task::JoinError> {
@@ -745,4 +758,27 @@ fn record(
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flushes_start_early_by_the_last_commit_but_not_too_often() {
+        let p = Duration::from_millis(200);
+        assert_eq!(flush_spacing(p, Duration::ZERO), p);
+        assert_eq!(
+            flush_spacing(p, Duration::from_millis(60)),
+            Duration::from_millis(140)
+        );
+        assert_eq!(
+            flush_spacing(p, Duration::from_millis(190)),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            flush_spacing(p, Duration::from_secs(3)),
+            Duration::from_millis(50)
+        );
+    }
 }
