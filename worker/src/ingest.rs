@@ -29,11 +29,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use shardtally_publisher::protocol::{BatchFrame, ProtocolError, RejectCode, ValueRef};
+use shardtally_publisher::protocol::{BatchFrame, ErrorCode, ProtocolError, RejectCode, ValueRef};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
+use crate::check::{Refusal, decode_checked};
 use crate::engine::Aggregator;
 use crate::layout::Delta;
 use crate::metrics::Metrics;
@@ -46,6 +47,8 @@ pub(crate) enum Reply {
     Ack(u64),
     /// Can never succeed.
     Reject(u64, RejectCode, String),
+    /// The batch's event bytes are malformed: an `ERROR` frame, and the connection is closed.
+    Malformed(ErrorCode, String),
 }
 
 /// The route back to the connection a batch came from.
@@ -87,6 +90,8 @@ pub(crate) struct IngestSettings {
     pub(crate) shard_id: String,
     pub(crate) flush_interval: Duration,
     pub(crate) max_pending_events: usize,
+    /// Longest string value accepted (what the database columns hold).
+    pub(crate) max_string_len: usize,
     /// Benchmark only (`serve --discard-events`): fold and ack at once, drain into nothing.
     pub(crate) discard: bool,
 }
@@ -130,6 +135,8 @@ pub(crate) struct Ingest {
     due: bool,
     /// How long the last commit took.
     last_commit: Duration,
+    /// The decoded values of the batch being taken (kept for its allocation).
+    values: Vec<ValueRef<'static>>,
 }
 
 /// Where a batch id is.
@@ -181,6 +188,7 @@ impl Ingest {
             index: HashMap::new(),
             due: false,
             last_commit: Duration::ZERO,
+            values: Vec::new(),
         }
     }
 
@@ -281,9 +289,9 @@ impl Ingest {
                 }
                 batch = rx.recv() => {
                     let Some(batch) = batch else { break };
-                    let reply = match record(&mut self.aggregators, &self.by_stream, &self.catalog, &batch) {
+                    let reply = match self.take(&batch) {
                         Ok(_) => Reply::Ack(batch.frame.seq),
-                        Err(e) => Reply::Reject(batch.frame.seq, RejectCode::Invalid, e.to_string()),
+                        Err(refusal) => self.refusal(&batch, refusal),
                     };
                     let _ = batch.reply.send(reply);
                 }
@@ -306,12 +314,7 @@ impl Ingest {
             }
             None => {}
         }
-        match record(
-            &mut self.aggregators,
-            &self.by_stream,
-            &self.catalog,
-            &batch,
-        ) {
+        match self.take(&batch) {
             Ok(n) => {
                 self.pending_events += n;
                 self.metrics
@@ -324,18 +327,45 @@ impl Ingest {
                     also_reply: Vec::new(),
                 });
             }
-            Err(e) => {
-                // Validated by the connection task already; reaching here means a bug, not input.
-                tracing::error!(error = %e, "batch failed to decode after validation; rejecting it");
-                // Events recorded before the error are in the aggregators: rebuild without it.
-                self.rebuild();
-                Metrics::add(&self.metrics.batches_rejected, 1);
-                let _ = batch.reply.send(Reply::Reject(
-                    batch.frame.seq,
-                    RejectCode::Invalid,
-                    e.to_string(),
-                ));
+            Err(refusal) => {
+                let reply = self.refusal(&batch, refusal);
+                let _ = batch.reply.send(reply);
             }
+        }
+    }
+
+    /// Decodes and checks every event of `batch` (once), then folds them all into the
+    /// aggregators; a batch with one bad event is folded not at all. Returns the event count.
+    fn take(&mut self, batch: &IncomingBatch) -> Result<usize, Refusal> {
+        let mut values = recycle(std::mem::take(&mut self.values));
+        let result = decode_checked(
+            &self.catalog,
+            self.settings.max_string_len,
+            batch,
+            &mut values,
+        );
+        if let Ok(n) = result {
+            fold(
+                &mut self.aggregators,
+                &self.by_stream,
+                &self.catalog,
+                batch,
+                &values,
+                n,
+            );
+        }
+        self.values = recycle(values);
+        result
+    }
+
+    /// The reply to a refused batch, counted.
+    fn refusal(&self, batch: &IncomingBatch, refusal: Refusal) -> Reply {
+        match refusal {
+            Refusal::Reject(code, reason) => {
+                Metrics::add(&self.metrics.batches_rejected, 1);
+                Reply::Reject(batch.frame.seq, code, reason)
+            }
+            Refusal::Malformed(code, message) => Reply::Malformed(code, message),
         }
     }
 
@@ -734,30 +764,58 @@ fn drain(aggregators: &mut [Aggregator]) -> Vec<Delta> {
     aggregators.iter_mut().map(Aggregator::drain).collect()
 }
 
-/// Folds one batch's events into the aggregators of its stream. Returns the event count.
+/// Folds one batch's events into the aggregators of its stream, decoding them again from its
+/// frame (a batch taken once already: refolds after duplicates, retries). Returns the event
+/// count.
 fn record(
     aggregators: &mut [Aggregator],
     by_stream: &[Vec<usize>],
     catalog: &Catalog,
     batch: &IncomingBatch,
 ) -> Result<usize, ProtocolError> {
-    let width = catalog.streams()[batch.stream].attributes.len();
-    let targets = &by_stream[batch.stream];
-    let mut columns: Vec<ValueRef<'_>> = Vec::with_capacity(batch.positions.len());
-    let mut row: Vec<ValueRef<'_>> = vec![ValueRef::Null; width];
+    let mut values: Vec<ValueRef<'_>> = Vec::new();
+    let mut event: Vec<ValueRef<'_>> = Vec::with_capacity(batch.positions.len());
     let mut reader = batch.frame.reader();
     let mut n = 0;
-    while reader.next_event(&mut columns)? {
+    while reader.next_event(&mut event)? {
+        values.extend_from_slice(&event);
+        n += 1;
+    }
+    fold(aggregators, by_stream, catalog, batch, &values, n);
+    Ok(n)
+}
+
+/// Folds `n` decoded events of `batch` (`values`: one value per batch column, event after
+/// event) into the aggregators of its stream.
+fn fold(
+    aggregators: &mut [Aggregator],
+    by_stream: &[Vec<usize>],
+    catalog: &Catalog,
+    batch: &IncomingBatch,
+    values: &[ValueRef<'_>],
+    n: usize,
+) {
+    let width = catalog.streams()[batch.stream].attributes.len();
+    let targets = &by_stream[batch.stream];
+    let columns = batch.positions.len();
+    let mut row: Vec<ValueRef<'_>> = vec![ValueRef::Null; width];
+    for i in 0..n {
         row.fill(ValueRef::Null);
-        for (value, &pos) in columns.iter().zip(batch.positions.iter()) {
+        let event = values.get(i * columns..(i + 1) * columns).unwrap_or(&[]);
+        for (value, &pos) in event.iter().zip(batch.positions.iter()) {
             row[pos] = *value;
         }
         for &a in targets {
             aggregators[a].record(&row, batch.received_ms);
         }
-        n += 1;
     }
-    Ok(n)
+}
+
+/// Empties a vector of value references and gives its allocation back under any lifetime (an
+/// in-place collect: no allocation).
+fn recycle<'b>(mut v: Vec<ValueRef<'_>>) -> Vec<ValueRef<'b>> {
+    v.clear();
+    v.into_iter().map(|_| ValueRef::Null).collect()
 }
 
 #[cfg(test)]

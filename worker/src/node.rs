@@ -203,6 +203,7 @@ async fn serve_with_lease(
             shard_id: config.shard_id.clone(),
             flush_interval: config.flush_interval,
             max_pending_events: config.max_pending_events,
+            max_string_len: MAX_STRING_LEN,
             discard: config.discard_events,
         },
         metrics.clone(),
@@ -218,7 +219,6 @@ async fn serve_with_lease(
         max_connections: config.max_connections,
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
-        max_string_len: MAX_STRING_LEN,
     };
     let server_task = tokio::spawn(serve(
         listener,

@@ -47,6 +47,7 @@ pub use schema::{
     key_string_chars,
 };
 pub use shard::LeaseOutcome;
+pub(crate) use schema::check_typed;
 
 /// `url` with its database (the path) replaced by `name`, any query string kept:
 /// `postgres://u@h:5432/test` + `st_1` → `postgres://u@h:5432/st_1`. For tools that create a
