@@ -112,9 +112,16 @@ impl Workload {
         let spread = self.spread_ms.unsigned_abs();
         let offset = match self.order {
             TimeOrder::Ascending => {
-                // i < events, so the quotient is below `spread`, which fits i64.
-                let q = u128::from(i) * u128::from(spread) / u128::from(self.events.max(1));
-                u64::try_from(q).unwrap_or(spread - 1)
+                // i < events, so the quotient is below `spread`, which fits i64. 64-bit
+                // arithmetic when the product fits (a 128-bit division is slow).
+                let n = self.events.max(1);
+                match i.checked_mul(spread) {
+                    Some(p) => p / n,
+                    None => {
+                        let q = u128::from(i) * u128::from(spread) / u128::from(n);
+                        u64::try_from(q).unwrap_or(spread - 1)
+                    }
+                }
             }
             TimeOrder::Random => mix(!self.seed ^ i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)) % spread,
         };
@@ -186,6 +193,13 @@ mod tests {
         // Two events per second of the hour.
         let seconds: HashSet<i64> = ts.iter().map(|t| t / 1000).collect();
         assert_eq!(seconds.len(), 3600);
+    }
+
+    #[test]
+    fn huge_products_take_the_wide_path() {
+        let w = Workload::new(u64::MAX, 1, 0, i64::MAX, TimeOrder::Ascending, 0);
+        assert_eq!(w.timestamp_of(u64::MAX / 2), i64::MAX / 2);
+        assert!(w.timestamp_of(u64::MAX - 1) < i64::MAX);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! One task owns every [`Aggregator`]. Connection tasks hand it validated batches through a
 //! bounded channel; it records their events on arrival and keeps each batch (id, frame bytes, ack
-//! route) as *pending*. A flush — every `flush_interval`, or sooner when pending events reach
-//! half their cap — drains the aggregators into deltas and commits them together with the
+//! route) as *pending*. A flush — every `flush_interval`, or sooner when pending events or
+//! pending rows reach half their cap — drains the aggregators into deltas and commits them together with the
 //! pending batch ids in one transaction ([`Store::commit`]); only then are the batches acked.
 //! Flushes start early by the duration of the last commit (down to a quarter of the interval),
 //! so a batch is committed, and acked, about one flush interval after it arrives.
@@ -12,8 +12,9 @@
 //! receiving and folding the next batches. When the database is slower than the flush interval,
 //! the next commit starts as soon as the previous one ends and carries everything received
 //! meanwhile — more events per row, so the rows written per second adapt to what the database
-//! takes. Events held (pending and in flight) are capped; at the cap the channel fills and
-//! connections stop reading their sockets (backpressure).
+//! takes. Events held (pending and in flight) and rows pending are capped (so is a commit's
+//! size, its duration and the memory it takes); at a cap the channel fills and connections stop
+//! reading their sockets (backpressure).
 //!
 //! - A batch id already committed (by this or another worker) makes the store roll back and name
 //!   it: those batches are acked without counting, the deltas of the other batches of that commit
@@ -90,6 +91,8 @@ pub(crate) struct IngestSettings {
     pub(crate) shard_id: String,
     pub(crate) flush_interval: Duration,
     pub(crate) max_pending_events: usize,
+    /// Finest rows folded (not yet drained) at which a commit is due, and reading pauses.
+    pub(crate) max_pending_rows: usize,
     /// Longest string value accepted (what the database columns hold).
     pub(crate) max_string_len: usize,
     /// Benchmark only (`serve --discard-events`): fold and ack at once, drain into nothing.
@@ -206,6 +209,7 @@ impl Ingest {
         let period = self.settings.flush_interval;
         let mut next_flush = tokio::time::Instant::now() + period;
         let cap = self.settings.max_pending_events;
+        let row_cap = self.settings.max_pending_rows.max(1);
         let mut task: Option<CommitTask> = None;
         loop {
             tokio::select! {
@@ -221,10 +225,12 @@ impl Ingest {
                     }
                     next_flush = tokio::time::Instant::now() + flush_spacing(period, self.last_commit);
                 }
-                batch = rx.recv(), if self.pending_events + self.in_flight_events < cap => {
+                batch = rx.recv(), if self.pending_events + self.in_flight_events < cap
+                    && self.pending_rows() < row_cap =>
+                {
                     let Some(batch) = batch else { break };
                     self.accept(batch);
-                    if self.pending_events >= cap / 2 {
+                    if self.pending_events >= cap / 2 || self.pending_rows() >= row_cap / 2 {
                         self.due = true;
                         if task.is_none() {
                             task = self.start_commit();
@@ -367,6 +373,11 @@ impl Ingest {
             }
             Refusal::Malformed(code, message) => Reply::Malformed(code, message),
         }
+    }
+
+    /// Finest-granularity rows folded and not drained yet, over every aggregator.
+    fn pending_rows(&self) -> usize {
+        self.aggregators.iter().map(Aggregator::pending_rows).sum()
     }
 
     /// Drains the pending batches into a commit task, when a flush is due and there is

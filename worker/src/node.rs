@@ -203,6 +203,7 @@ async fn serve_with_lease(
             shard_id: config.shard_id.clone(),
             flush_interval: config.flush_interval,
             max_pending_events: config.max_pending_events,
+            max_pending_rows: config.max_pending_rows,
             max_string_len: MAX_STRING_LEN,
             discard: config.discard_events,
         },
