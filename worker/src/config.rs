@@ -660,7 +660,7 @@ impl WorkerConfig {
             allow_shard_change: o.allow_shard_change
                 || own.and_then(|s| s.allow_shard_change).unwrap_or(false),
             max_pending_events: own.and_then(|s| s.max_pending_events).unwrap_or(500_000),
-            max_pending_rows: own.and_then(|s| s.max_pending_rows).unwrap_or(50_000),
+            max_pending_rows: own.and_then(|s| s.max_pending_rows).unwrap_or(25_000),
             max_frame_len: own
                 .and_then(|s| s.max_frame_len)
                 .unwrap_or(16 * 1024 * 1024),
