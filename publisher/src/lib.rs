@@ -131,6 +131,7 @@
 //! - `dispatch`, `connection`: the background task and the per-connection tasks.
 //! - `backoff`: reconnect delays. `stats`, `report`: [`Stats`] and [`DeliveryReport`]s.
 //! - `error`: one error type per boundary.
+//! - `layer` (feature `tower`): a tower layer publishing one event per HTTP request.
 #![warn(missing_docs)]
 
 mod backoff;
@@ -142,6 +143,8 @@ mod dispatch;
 mod endpoint;
 mod error;
 mod event;
+#[cfg(feature = "tower")]
+pub mod layer;
 pub mod protocol;
 mod report;
 mod stats;
