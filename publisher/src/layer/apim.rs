@@ -8,7 +8,7 @@ use http::{HeaderName, StatusCode, Version};
 
 use super::service::{MapEvent, RequestInfo, ResponseInfo};
 use crate::event::Event;
-use crate::protocol::{AttrType, StreamSchema, Value};
+use crate::protocol::{AttrType, Attribute, StreamSchema, Value};
 
 /// The default header the client's country is read from.
 pub const DEFAULT_COUNTRY_HEADER: &str = "x-client-country";
@@ -16,6 +16,55 @@ pub const DEFAULT_COUNTRY_HEADER: &str = "x-client-country";
 pub const DEFAULT_CITY_HEADER: &str = "x-client-city";
 /// The default header the client's IP is read from (its first entry), before the peer address.
 pub const DEFAULT_CLIENT_IP_HEADER: &str = "x-forwarded-for";
+
+/// The schema of the `Request` stream of the bundled API-M app
+/// (`scenarios/apps/apim-requests.siddhi`): the attributes of WSO2 API-M's request stream
+/// `org.wso2.apimgt.statistics.request`, plus `country` and `city`.
+pub fn apim_request_schema() -> StreamSchema {
+    use AttrType::{Bool, Int, Long, String as Text};
+    let attributes = [
+        ("meta_clientType", Text),
+        ("applicationConsumerKey", Text),
+        ("applicationName", Text),
+        ("applicationId", Text),
+        ("applicationOwner", Text),
+        ("apiContext", Text),
+        ("apiName", Text),
+        ("apiVersion", Text),
+        ("apiResourcePath", Text),
+        ("apiResourceTemplate", Text),
+        ("apiMethod", Text),
+        ("apiCreator", Text),
+        ("apiCreatorTenantDomain", Text),
+        ("apiTier", Text),
+        ("apiHostname", Text),
+        ("username", Text),
+        ("userTenantDomain", Text),
+        ("userIp", Text),
+        ("userAgent", Text),
+        ("requestTimestamp", Long),
+        ("throttledOut", Bool),
+        ("responseTime", Long),
+        ("serviceTime", Long),
+        ("backendTime", Long),
+        ("responseCacheHit", Bool),
+        ("responseSize", Long),
+        ("protocol", Text),
+        ("responseCode", Int),
+        ("destination", Text),
+        ("gatewayType", Text),
+        ("label", Text),
+        ("country", Text),
+        ("city", Text),
+    ];
+    StreamSchema::new(
+        "Request",
+        attributes
+            .into_iter()
+            .map(|(name, ty)| Attribute::new(name, ty))
+            .collect(),
+    )
+}
 
 /// The mapping for WSO2 API-M's request stream (`org.wso2.apimgt.statistics.request`, the
 /// `Request` stream of `scenarios/apps/apim-requests.siddhi`), or any stream using its

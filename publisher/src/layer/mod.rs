@@ -57,7 +57,7 @@ mod tests;
 
 pub use apim::{
     ApiRequestMapping, ApiRequestMappingBuilder, DEFAULT_CITY_HEADER, DEFAULT_CLIENT_IP_HEADER,
-    DEFAULT_COUNTRY_HEADER, MappingError,
+    DEFAULT_COUNTRY_HEADER, MappingError, apim_request_schema,
 };
 pub use service::{
     Analytics, AnalyticsLayer, Backend, ClientAddr, LayerStats, MapEvent, RequestInfo,
