@@ -75,6 +75,7 @@ fn every_scenario_file_is_run_by_a_test() {
     assert_eq!(
         files,
         [
+            "apim-requests.yaml",
             "database.yaml",
             "failover.yaml",
             "gateways.yaml",
@@ -83,6 +84,32 @@ fn every_scenario_file_is_run_by_a_test() {
         ],
         "a new scenario needs a test here"
     );
+}
+
+#[test]
+fn apim_requests_passes() {
+    passes_on_sqlite("apim-requests.yaml", "apim-requests");
+}
+
+/// The API-M app's latency aggregates (sum, avg, min, max of longs) on each database server of
+/// the environment.
+#[test]
+fn apim_requests_on_database_servers() {
+    for (name, url) in database_servers() {
+        let results = TempDir::new("apim-servers");
+        let out = run_scenarios(
+            &[&scenario("apim-requests.yaml")],
+            results.path(),
+            &["--database-url", &url],
+        );
+        assert_eq!(out.code, 0, "{name}: {}", out.text());
+        let s = summary(results.path(), "apim-requests");
+        assert!(
+            outcomes(&s).iter().all(|(_, passed)| *passed),
+            "{name}: {}",
+            out.text()
+        );
+    }
 }
 
 #[test]
