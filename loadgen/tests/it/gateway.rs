@@ -16,9 +16,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use shardtally_publisher::layer::{
-    AnalyticsLayer, ApiRequestMapping, RequestInfo, ResponseInfo, apim_request_schema,
+    AnalyticsLayer, ApiRequestMapping, MapEvent, RequestInfo, ResponseInfo, apim_request_schema,
 };
-use shardtally_publisher::{DROPPED_BUFFER_FULL, EndpointState, Publisher, Value};
+use shardtally_publisher::{
+    DROPPED_BUFFER_FULL, EndpointState, Event, PublishError, Publisher, Value,
+};
 use shardtally_worker::catalog::Catalog;
 use shardtally_worker::config::AppSource;
 use tokio::net::TcpListener;
@@ -170,24 +172,33 @@ struct Published {
     size: i64,
 }
 
-fn long(event: &shardtally_publisher::Event, name: &str) -> i64 {
+fn long(event: &Event, name: &str) -> i64 {
     match event.get(name) {
         Some(Value::Long(v)) => *v,
         other => panic!("{name}: {other:?}"),
     }
 }
 
-/// The example's mapping, recording every event it makes.
-fn recording(
+/// The example's mapping, recording the event of every request it publishes; the publishing
+/// itself is the mapping's (positional values, not the recorded event).
+struct Recording {
     mapping: ApiRequestMapping,
-) -> (
-    Arc<Mutex<Vec<Published>>>,
-    impl Fn(&RequestInfo, &ResponseInfo<'_>) -> Option<shardtally_publisher::Event> + Send + Sync,
-) {
-    let log: Arc<Mutex<Vec<Published>>> = Arc::default();
-    let record = Arc::clone(&log);
-    let map = move |req: &RequestInfo, res: &ResponseInfo<'_>| {
-        let event = mapping.event(req, res);
+    log: Arc<Mutex<Vec<Published>>>,
+}
+
+impl MapEvent for Recording {
+    fn map(&self, req: &RequestInfo, res: &ResponseInfo<'_>) -> Option<Event> {
+        Some(self.mapping.event(req, res))
+    }
+
+    fn publish(
+        &self,
+        publisher: &Publisher,
+        stream: &str,
+        req: &RequestInfo,
+        res: &ResponseInfo<'_>,
+    ) -> Option<Result<(), PublishError>> {
+        let event = self.mapping.event(req, res);
         let delay = req
             .uri
             .query()
@@ -198,7 +209,7 @@ fn recording(
             panic!("no apiName in {event:?}");
         };
         let ts = long(&event, "requestTimestamp");
-        record.lock().expect("the log").push(Published {
+        self.log.lock().expect("the log").push(Published {
             api: api.clone(),
             minute: ts - ts.rem_euclid(60_000),
             delay,
@@ -207,9 +218,8 @@ fn recording(
             service_time: long(&event, "serviceTime"),
             size: long(&event, "responseSize"),
         });
-        Some(event)
-    };
-    (log, map)
+        self.mapping.publish(publisher, stream, req, res)
+    }
 }
 
 fn int(v: &serde_json::Value) -> i64 {
@@ -234,8 +244,12 @@ fn the_gateway_publishes_every_request_exactly_into_two_workers() {
         let upstream = start_upstream(stop.clone()).await;
         let args = args(upstream, &workers, 100_000);
         let publisher = example::publisher(&args).expect("the publisher");
-        let (log, map) = recording(example::mapping(&args).expect("the mapping"));
-        let layer = AnalyticsLayer::new(publisher.clone(), example::STREAM, map);
+        let log: Arc<Mutex<Vec<Published>>> = Arc::default();
+        let recording = Recording {
+            mapping: example::mapping(&args).expect("the mapping"),
+            log: Arc::clone(&log),
+        };
+        let layer = AnalyticsLayer::new(publisher.clone(), example::STREAM, recording);
         let router = example::router(&args, Some(layer.clone())).expect("the router");
         let gateway = start_gateway(router, stop.clone()).await;
 

@@ -1,14 +1,17 @@
 //! [`ApiRequestMapping`]: requests as events of WSO2 API-M's request stream.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, HOST, USER_AGENT};
 use http::{HeaderName, StatusCode, Version};
 
 use super::service::{MapEvent, RequestInfo, ResponseInfo};
+use crate::client::Publisher;
+use crate::error::PublishError;
 use crate::event::Event;
-use crate::protocol::{AttrType, Attribute, StreamSchema, Value};
+use crate::protocol::{AttrType, Attribute, StreamSchema, Value, ValueRef};
 
 /// The default header the client's country is read from.
 pub const DEFAULT_COUNTRY_HEADER: &str = "x-client-country";
@@ -117,9 +120,12 @@ pub fn apim_request_schema() -> StreamSchema {
 /// ```
 #[derive(Debug, Clone)]
 pub struct ApiRequestMapping {
+    schema: StreamSchema,
     fields: Vec<Field>,
     apis: Vec<Api>,
     client_ip_header: HeaderName,
+    /// The publisher id and stream found to check events against `schema`.
+    positional_for: OnceLock<(String, String)>,
 }
 
 /// Configures an [`ApiRequestMapping`].
@@ -175,6 +181,8 @@ struct Api {
 /// One attribute the mapping fills.
 #[derive(Debug, Clone)]
 struct Field {
+    /// Its index in the schema.
+    position: usize,
     name: Cow<'static, str>,
     ty: AttrType,
     source: Source,
@@ -301,47 +309,97 @@ enum Raw<'a> {
     Flag(bool),
 }
 
-impl Raw<'_> {
-    fn into_value(self, ty: AttrType) -> Value {
+impl<'a> Raw<'a> {
+    fn into_slot(self, ty: AttrType) -> Slot<'a> {
         match (self, ty) {
-            (Raw::Null, _) => Value::Null,
-            (Raw::Text(s), AttrType::String) => Value::String(s.into_owned()),
-            (Raw::Flag(b), AttrType::Bool) => Value::Bool(b),
+            (Raw::Null, _) => Slot::Null,
+            (Raw::Text(s), AttrType::String) => Slot::Text(s),
+            (Raw::Flag(b), AttrType::Bool) => Slot::Bool(b),
             (Raw::Number(n), ty) => number(n, ty),
-            (Raw::Millis(d), AttrType::Double) => Value::Double(d.as_secs_f64() * 1000.0),
+            (Raw::Millis(d), AttrType::Double) => Slot::Double(d.as_secs_f64() * 1000.0),
             #[allow(clippy::cast_possible_truncation)]
-            (Raw::Millis(d), AttrType::Float) => Value::Float((d.as_secs_f64() * 1000.0) as f32),
+            (Raw::Millis(d), AttrType::Float) => Slot::Float((d.as_secs_f64() * 1000.0) as f32),
             (Raw::Millis(d), ty) => number(i64::try_from(d.as_millis()).unwrap_or(i64::MAX), ty),
-            _ => Value::Null,
+            _ => Slot::Null,
+        }
+    }
+}
+
+/// An attribute's value: text borrowed from the request where it can be.
+#[derive(Debug, Clone, PartialEq)]
+enum Slot<'a> {
+    Null,
+    Text(Cow<'a, str>),
+    Int(i32),
+    Long(i64),
+    Float(f32),
+    Double(f64),
+    Bool(bool),
+}
+
+impl<'a> Slot<'a> {
+    fn borrowed(v: ValueRef<'a>) -> Slot<'a> {
+        match v {
+            ValueRef::Null => Slot::Null,
+            ValueRef::String(s) => Slot::Text(Cow::Borrowed(s)),
+            ValueRef::Int(n) => Slot::Int(n),
+            ValueRef::Long(n) => Slot::Long(n),
+            ValueRef::Float(n) => Slot::Float(n),
+            ValueRef::Double(n) => Slot::Double(n),
+            ValueRef::Bool(b) => Slot::Bool(b),
+        }
+    }
+
+    fn as_value_ref(&self) -> ValueRef<'_> {
+        match self {
+            Slot::Null => ValueRef::Null,
+            Slot::Text(s) => ValueRef::String(s),
+            Slot::Int(n) => ValueRef::Int(*n),
+            Slot::Long(n) => ValueRef::Long(*n),
+            Slot::Float(n) => ValueRef::Float(*n),
+            Slot::Double(n) => ValueRef::Double(*n),
+            Slot::Bool(b) => ValueRef::Bool(*b),
+        }
+    }
+
+    fn into_value(self) -> Value {
+        match self {
+            Slot::Null => Value::Null,
+            Slot::Text(s) => Value::String(s.into_owned()),
+            Slot::Int(n) => Value::Int(n),
+            Slot::Long(n) => Value::Long(n),
+            Slot::Float(n) => Value::Float(n),
+            Slot::Double(n) => Value::Double(n),
+            Slot::Bool(b) => Value::Bool(b),
         }
     }
 }
 
 /// `n` as an `ty` value; null when it does not fit.
 #[allow(clippy::cast_precision_loss)]
-fn number(n: i64, ty: AttrType) -> Value {
+fn number<'a>(n: i64, ty: AttrType) -> Slot<'a> {
     match ty {
-        AttrType::Long => Value::Long(n),
-        AttrType::Int => i32::try_from(n).map_or(Value::Null, Value::Int),
-        AttrType::Double => Value::Double(n as f64),
-        AttrType::Float => Value::Float(n as f32),
-        AttrType::String | AttrType::Bool => Value::Null,
+        AttrType::Long => Slot::Long(n),
+        AttrType::Int => i32::try_from(n).map_or(Slot::Null, Slot::Int),
+        AttrType::Double => Slot::Double(n as f64),
+        AttrType::Float => Slot::Float(n as f32),
+        AttrType::String | AttrType::Bool => Slot::Null,
     }
 }
 
 /// A header's text parsed to `ty`; null when it does not parse.
-fn parse_header(text: Cow<'_, str>, ty: AttrType) -> Value {
+fn parse_header(text: Cow<'_, str>, ty: AttrType) -> Slot<'_> {
     let t = text.trim();
     match ty {
-        AttrType::String => Value::String(text.into_owned()),
-        AttrType::Int => t.parse().map_or(Value::Null, Value::Int),
-        AttrType::Long => t.parse().map_or(Value::Null, Value::Long),
-        AttrType::Float => t.parse().map_or(Value::Null, Value::Float),
-        AttrType::Double => t.parse().map_or(Value::Null, Value::Double),
+        AttrType::String => Slot::Text(text),
+        AttrType::Int => t.parse().map_or(Slot::Null, Slot::Int),
+        AttrType::Long => t.parse().map_or(Slot::Null, Slot::Long),
+        AttrType::Float => t.parse().map_or(Slot::Null, Slot::Float),
+        AttrType::Double => t.parse().map_or(Slot::Null, Slot::Double),
         AttrType::Bool => match t.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => Value::Bool(true),
-            "false" | "0" | "no" => Value::Bool(false),
-            _ => Value::Null,
+            "true" | "1" | "yes" => Slot::Bool(true),
+            "false" | "0" | "no" => Slot::Bool(false),
+            _ => Slot::Null,
         },
     }
 }
@@ -375,27 +433,66 @@ impl ApiRequestMapping {
 
     /// The event for a request and its response.
     pub fn event(&self, request: &RequestInfo, response: &ResponseInfo<'_>) -> Event {
-        let path = request.uri.path();
-        let api = self.apis.iter().find(|a| under(path, &a.context));
         let mut event = Event::with_capacity(self.fields.len());
-        for field in &self.fields {
-            let value = match &field.source {
-                Source::Constant(v) => v.clone(),
-                Source::Header(h) => request
-                    .headers
-                    .get(h)
-                    .map_or(Value::Null, |v| {
-                        parse_header(String::from_utf8_lossy(v.as_bytes()), field.ty)
-                    }),
-                Source::Builtin(b) => {
-                    self.builtin(*b, api, request, response).into_value(field.ty)
-                }
-            };
-            if !value.is_null() {
-                event.set(field.name.clone(), value);
+        for (field, slot) in self.slots(request, response) {
+            if slot != Slot::Null {
+                event.set(field.name.clone(), slot.into_value());
             }
         }
         event
+    }
+
+    /// The schema the mapping was built for.
+    pub fn schema(&self) -> &StreamSchema {
+        &self.schema
+    }
+
+    /// Each filled attribute's value.
+    fn slots<'r>(
+        &'r self,
+        request: &'r RequestInfo,
+        response: &ResponseInfo<'r>,
+    ) -> impl Iterator<Item = (&'r Field, Slot<'r>)> {
+        let api = self.apis.iter().find(|a| under(request.uri.path(), &a.context));
+        self.fields.iter().map(move |field| {
+            let slot = match &field.source {
+                Source::Constant(v) => Slot::borrowed(v.as_ref()),
+                Source::Header(h) => request.headers.get(h).map_or(Slot::Null, |v| {
+                    parse_header(String::from_utf8_lossy(v.as_bytes()), field.ty)
+                }),
+                Source::Builtin(b) => self.builtin(*b, api, request, response).into_slot(field.ty),
+            };
+            (field, slot)
+        })
+    }
+
+    /// The values in schema order, as [`publish`](MapEvent::publish) sends them.
+    #[cfg(test)]
+    pub(super) fn values(&self, request: &RequestInfo, response: &ResponseInfo<'_>) -> Vec<Value> {
+        let mut values = vec![Value::Null; self.schema.attributes.len()];
+        for (field, slot) in self.slots(request, response) {
+            values[field.position] = slot.as_value_ref().to_owned_value();
+        }
+        values
+    }
+
+    /// Whether `publisher` checks `stream` against this mapping's schema, so that positional
+    /// values fit (remembered for the first such publisher and stream).
+    pub(super) fn positional(&self, publisher: &Publisher, stream: &str) -> bool {
+        if self
+            .positional_for
+            .get()
+            .is_some_and(|(id, s)| id == publisher.publisher_id() && s == stream)
+        {
+            return true;
+        }
+        if publisher.schema(stream).is_some_and(|s| s == self.schema) {
+            let _ = self
+                .positional_for
+                .set((publisher.publisher_id().to_owned(), stream.to_owned()));
+            return true;
+        }
+        false
     }
 
     fn builtin<'r>(
@@ -403,7 +500,7 @@ impl ApiRequestMapping {
         b: Builtin,
         api: Option<&'r Api>,
         request: &'r RequestInfo,
-        response: &ResponseInfo<'_>,
+        response: &ResponseInfo<'r>,
     ) -> Raw<'r> {
         let path = request.uri.path();
         let text = |s: &'r str| Raw::Text(Cow::Borrowed(s));
@@ -466,7 +563,7 @@ impl ApiRequestMapping {
             Builtin::Destination => response
                 .backend()
                 .and_then(|b| b.destination.as_deref())
-                .map_or(Raw::Null, |d| Raw::Text(Cow::Owned(d.to_owned()))),
+                .map_or(Raw::Null, text),
             Builtin::ResponseCode => response
                 .status()
                 .map_or(Raw::Null, |s| Raw::Number(i64::from(s.as_u16()))),
@@ -492,6 +589,29 @@ impl ApiRequestMapping {
 impl MapEvent for ApiRequestMapping {
     fn map(&self, request: &RequestInfo, response: &ResponseInfo<'_>) -> Option<Event> {
         Some(self.event(request, response))
+    }
+
+    /// Publishes positional values borrowed from the request (no [`Event`], no allocation per
+    /// attribute) when the publisher checks the stream against this mapping's schema; else the
+    /// [`event`](ApiRequestMapping::event).
+    fn publish(
+        &self,
+        publisher: &Publisher,
+        stream: &str,
+        request: &RequestInfo,
+        response: &ResponseInfo<'_>,
+    ) -> Option<Result<(), PublishError>> {
+        if !self.positional(publisher, stream) {
+            return Some(publisher.try_publish(stream, &self.event(request, response)));
+        }
+        let slots: Vec<(&Field, Slot<'_>)> = self.slots(request, response).collect();
+        let mut values = vec![ValueRef::Null; self.schema.attributes.len()];
+        for (field, slot) in &slots {
+            if let Some(v) = values.get_mut(field.position) {
+                *v = slot.as_value_ref();
+            }
+        }
+        Some(publisher.try_publish_values(stream, &values))
     }
 }
 
@@ -635,10 +755,12 @@ impl ApiRequestMappingBuilder {
             .attributes
             .iter()
             .zip(sources)
-            .filter_map(|(attr, source)| {
+            .enumerate()
+            .filter_map(|(position, (attr, source))| {
                 let name = static_name(&attr.name)
                     .map_or_else(|| Cow::Owned(attr.name.clone()), Cow::Borrowed);
                 Some(Field {
+                    position,
                     name,
                     ty: attr.ty,
                     source: source?,
@@ -652,9 +774,11 @@ impl ApiRequestMappingBuilder {
         // Longest context first, so the first match is the most specific.
         apis.sort_by_key(|a| std::cmp::Reverse(a.context.trim_end_matches('/').len()));
         Ok(ApiRequestMapping {
+            schema: schema.clone(),
             fields,
             apis,
             client_ip_header: header_name(&self.client_ip_header)?,
+            positional_for: OnceLock::new(),
         })
     }
 }

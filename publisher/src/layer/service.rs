@@ -16,6 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::client::Publisher;
+use crate::error::PublishError;
 use crate::event::Event;
 use crate::stats::escape_label;
 
@@ -28,6 +29,22 @@ use crate::stats::escape_label;
 pub trait MapEvent: Send + Sync + 'static {
     /// The event for this request and its response.
     fn map(&self, request: &RequestInfo, response: &ResponseInfo<'_>) -> Option<Event>;
+
+    /// Publishes this request's event without waiting: `None` when there is none, else what
+    /// the publisher said. The default hands [`map`](MapEvent::map)'s event to
+    /// [`Publisher::try_publish`]; a mapping that knows the stream's schema may publish
+    /// positional values instead ([`Publisher::try_publish_values`]), as
+    /// [`ApiRequestMapping`](super::ApiRequestMapping) does. It must never wait.
+    fn publish(
+        &self,
+        publisher: &Publisher,
+        stream: &str,
+        request: &RequestInfo,
+        response: &ResponseInfo<'_>,
+    ) -> Option<Result<(), PublishError>> {
+        let event = self.map(request, response)?;
+        Some(publisher.try_publish(stream, &event))
+    }
 }
 
 impl<F> MapEvent for F
@@ -353,11 +370,15 @@ impl<M: MapEvent> Pending<M> {
         let c = &shared.counters;
         c.requests.fetch_add(1, Ordering::Relaxed);
         let view = ResponseInfo::new(response, self.start.elapsed());
-        let Some(event) = shared.mapping.map(&self.info, &view) else {
+        let published =
+            shared
+                .mapping
+                .publish(&shared.publisher, &shared.stream, &self.info, &view);
+        let Some(published) = published else {
             c.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        match shared.publisher.try_publish(&shared.stream, &event) {
+        match published {
             Ok(()) => {
                 c.published.fetch_add(1, Ordering::Relaxed);
             }

@@ -144,6 +144,72 @@ fn the_apim_mapping_fills_every_attribute_it_knows() {
     );
 }
 
+#[tokio::test]
+async fn positional_values_are_the_events_values_when_the_publisher_has_the_schema() {
+    let schema = request_schema();
+    let mapping = ApiRequestMapping::builder()
+        .header("username", "x-user")
+        .constant("gatewayType", "shardtally")
+        .build(&schema)
+        .unwrap();
+    let request = info(
+        Request::builder()
+            .uri("/weather/today")
+            .header("x-user", "bob")
+            .header("x-client-city", "Café")
+            .body(())
+            .unwrap(),
+        77,
+    );
+    let response = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-length", "3")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let view = ResponseInfo::new(Some(&response), Duration::from_millis(9));
+    let event = mapping.event(&request, &view);
+    let values = mapping.values(&request, &view);
+    assert_eq!(values.len(), schema.attributes.len());
+    for (attr, value) in schema.attributes.iter().zip(&values) {
+        assert_eq!(
+            event.get(&attr.name).unwrap_or(&Value::Null),
+            value,
+            "{}",
+            attr.name
+        );
+    }
+    assert_eq!(values.iter().filter(|v| !v.is_null()).count(), event.len());
+
+    // Positional only for a publisher checking the stream against the same schema.
+    let same = offline_publisher(10);
+    assert!(mapping.positional(&same, "Request"));
+    assert!(mapping.positional(&same, "Request"), "remembered");
+    assert!(!mapping.positional(&same, "Other"));
+    let unknown = Publisher::builder("tcp://127.0.0.1:1").build().unwrap();
+    assert!(!mapping.positional(&unknown, "Request"));
+    let other = Publisher::builder("tcp://127.0.0.1:1")
+        .schema(StreamSchema::new(
+            "Request",
+            vec![Attribute::new("apiName", AttrType::String)],
+        ))
+        .build()
+        .unwrap();
+    assert!(!mapping.positional(&other, "Request"));
+
+    // Both ways are accepted: positional values, and the event for a publisher without schema.
+    for publisher in [&same, &unknown] {
+        let layer = AnalyticsLayer::new(publisher.clone(), "Request", mapping.clone());
+        let service = layer.layer(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+        service.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(layer.stats().published, 1);
+        assert_eq!(publisher.stats().published, 1);
+    }
+}
+
 #[test]
 fn unregistered_apis_fall_back_to_the_first_segment_and_the_peer_address() {
     let schema = StreamSchema::new(
