@@ -3,7 +3,8 @@
 //! 1. **Loopback load**: the example gateway (`examples/gateway.rs`) proxying to an upstream on
 //!    loopback, with and without the layer; keep-alive clients send requests back to back for a
 //!    few seconds per round, the configurations alternate, and the medians over the rounds are
-//!    compared (requests/s and the median request latency).
+//!    compared: requests/s, the median request latency, and the CPU time the whole process
+//!    spends per request (the steadiest of the three on a shared machine).
 //! 2. **In process**: a trivial `tower` service called in a loop, with and without the layer
 //!    (the API-M mapping of a realistic request): the added time per call, nothing else.
 //!
@@ -84,14 +85,33 @@ async fn bind() -> (TcpListener, SocketAddr) {
     (listener, addr)
 }
 
-/// Requests/s and the median latency (µs) of one timed round.
-async fn load(gateway: SocketAddr, connections: usize, seconds: f64) -> (f64, f64) {
+/// CPU time used by this process so far (user + system, every thread), in seconds; from
+/// `/proc/self/stat` at 100 ticks per second (Linux), NaN elsewhere.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // After "pid (comm)", utime and stime are the 12th and 13th fields.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+/// One timed round: requests/s, the median latency (µs), and the process's CPU time per
+/// request (µs: client, gateway, upstream, publisher and stand-in worker together).
+async fn load(gateway: SocketAddr, connections: usize, seconds: f64) -> (f64, f64, f64) {
     let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
     let uri: Uri = format!("http://{gateway}/pizzashack/1.0.0/menu?size=128")
         .parse()
         .expect("a URI");
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
+    let cpu = cpu_seconds();
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
             let (client, uri, stop) = (client.clone(), uri.clone(), Arc::clone(&stop));
@@ -123,7 +143,8 @@ async fn load(gateway: SocketAddr, connections: usize, seconds: f64) -> (f64, f6
         all.extend(t.await.expect("a client task"));
     }
     let elapsed = start.elapsed().as_secs_f64();
-    (all.len() as f64 / elapsed, median(&mut all))
+    let cpu = (cpu_seconds() - cpu) * 1e6 / all.len() as f64;
+    (all.len() as f64 / elapsed, median(&mut all), cpu)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -204,30 +225,31 @@ async fn main() {
         );
         load(gateways[0], connections, 1.0).await; // warm-up
         load(gateways[1], connections, 1.0).await;
-        let mut results = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
+        let mut results = [[Vec::new(), Vec::new(), Vec::new()], [Vec::new(), Vec::new(), Vec::new()]];
         for round in 0..rounds {
             for (k, gateway) in gateways.iter().enumerate() {
-                let (rps, p50) = load(*gateway, connections, seconds).await;
+                let (rps, p50, cpu) = load(*gateway, connections, seconds).await;
                 println!(
-                    "  round {round} {:<13} {rps:>9.0} req/s   p50 {p50:>7.1} µs",
+                    "  round {round} {:<13} {rps:>9.0} req/s   p50 {p50:>7.1} µs   CPU {cpu:>6.1} µs/request",
                     if k == 0 { "without layer" } else { "with layer" }
                 );
-                results[k].0.push(rps);
-                results[k].1.push(p50);
+                results[k][0].push(rps);
+                results[k][1].push(p50);
+                results[k][2].push(cpu);
             }
         }
-        let [(mut rps0, mut lat0), (mut rps1, mut lat1)] = results;
-        let (rps0, rps1) = (median(&mut rps0), median(&mut rps1));
-        let (lat0, lat1) = (median(&mut lat0), median(&mut lat1));
+        let [without, with] = results.map(|r| r.map(|mut v| median(&mut v)));
         println!();
-        println!("| gateway | req/s (median) | p50 latency µs (median) |");
-        println!("|---|---|---|");
-        println!("| without the layer | {rps0:.0} | {lat0:.1} |");
-        println!("| with the layer | {rps1:.0} | {lat1:.1} |");
+        println!("| gateway | req/s | p50 latency µs | CPU µs per request |");
+        println!("|---|---|---|---|");
+        for (name, m) in [("without the layer", without), ("with the layer", with)] {
+            println!("| {name} | {:.0} | {:.1} | {:.1} |", m[0], m[1], m[2]);
+        }
         println!(
-            "| ratio with / without | {:.3} | {:.3} |",
-            rps1 / rps0,
-            lat1 / lat0
+            "| ratio with / without | {:.3} | {:.3} | {:.3} |",
+            with[0] / without[0],
+            with[1] / without[1],
+            with[2] / without[2]
         );
     }
 
