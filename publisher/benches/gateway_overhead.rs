@@ -225,13 +225,20 @@ async fn main() {
         );
         load(gateways[0], connections, 1.0).await; // warm-up
         load(gateways[1], connections, 1.0).await;
-        let mut results = [[Vec::new(), Vec::new(), Vec::new()], [Vec::new(), Vec::new(), Vec::new()]];
+        let mut results = [
+            [Vec::new(), Vec::new(), Vec::new()],
+            [Vec::new(), Vec::new(), Vec::new()],
+        ];
         for round in 0..rounds {
             for (k, gateway) in gateways.iter().enumerate() {
                 let (rps, p50, cpu) = load(*gateway, connections, seconds).await;
                 println!(
                     "  round {round} {:<13} {rps:>9.0} req/s   p50 {p50:>7.1} µs   CPU {cpu:>6.1} µs/request",
-                    if k == 0 { "without layer" } else { "with layer" }
+                    if k == 0 {
+                        "without layer"
+                    } else {
+                        "with layer"
+                    }
                 );
                 results[k][0].push(rps);
                 results[k][1].push(p50);
@@ -254,9 +261,8 @@ async fn main() {
     }
 
     // In process: the layer around a service that answers at once.
-    let bare = tower::service_fn(|_: Request<()>| async {
-        Ok::<_, Infallible>(Response::new("hello"))
-    });
+    let bare =
+        tower::service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new("hello")) });
     let n = 200_000;
     per_call(bare, n / 10).await;
     per_call(layer.layer(bare), n / 10).await;

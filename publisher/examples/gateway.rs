@@ -58,10 +58,18 @@ pub(crate) struct Args {
     pub(crate) listen: SocketAddr,
     /// The upstream requests are forwarded to: `http://host:port` (path and query are the
     /// request's).
-    #[arg(long, env = "GATEWAY_UPSTREAM", default_value = "http://127.0.0.1:9000")]
+    #[arg(
+        long,
+        env = "GATEWAY_UPSTREAM",
+        default_value = "http://127.0.0.1:9000"
+    )]
     pub(crate) upstream: String,
     /// The shardtally workers, as a receiver URL set.
-    #[arg(long, env = "SHARDTALLY_ENDPOINTS", default_value = "{tcp://127.0.0.1:9611}")]
+    #[arg(
+        long,
+        env = "SHARDTALLY_ENDPOINTS",
+        default_value = "{tcp://127.0.0.1:9611}"
+    )]
     pub(crate) workers: String,
     /// An API, as `CONTEXT=NAME:VERSION` (repeatable); other paths are named after their first
     /// segment.
@@ -270,7 +278,11 @@ async fn main() -> anyhow::Result<()> {
     let layer = if args.no_analytics {
         None
     } else {
-        Some(AnalyticsLayer::new(publisher.clone(), STREAM, mapping(&args)?))
+        Some(AnalyticsLayer::new(
+            publisher.clone(),
+            STREAM,
+            mapping(&args)?,
+        ))
     };
     let router = router(&args, layer)?;
     let listener = TcpListener::bind(args.listen)

@@ -301,13 +301,8 @@ impl Stats {
                 &self.failed,
             ),
         );
-        let endpoint = |e: &EndpointStats| {
-            format!(
-                ",url=\"{}\",group=\"{}\"",
-                escape_label(&e.url),
-                e.group
-            )
-        };
+        let endpoint =
+            |e: &EndpointStats| format!(",url=\"{}\",group=\"{}\"", escape_label(&e.url), e.group);
         metric(
             "endpoint_up",
             "gauge",
@@ -386,7 +381,9 @@ mod tests {
             assert!(out.lines().any(|l| l == line), "{line:?} missing in\n{out}");
         }
         assert_eq!(
-            out.lines().filter(|l| l.contains("failed_events_total{")).count(),
+            out.lines()
+                .filter(|l| l.contains("failed_events_total{"))
+                .count(),
             3
         );
     }

@@ -126,7 +126,14 @@ fn apim_requests_latency_rows_are_the_generators() {
         let h = hours
             .entry(api)
             .or_insert((0, 0, i64::MAX, i64::MIN, 0, i64::MIN));
-        *h = (h.0 + 1, h.1 + bt, h.2.min(bt), h.3.max(bt), h.4 + st, h.5.max(st));
+        *h = (
+            h.0 + 1,
+            h.1 + bt,
+            h.2.min(bt),
+            h.3.max(bt),
+            h.4 + st,
+            h.5.max(st),
+        );
     }
     let rows = |needle: &str| {
         s.expect

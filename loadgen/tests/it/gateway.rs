@@ -274,9 +274,16 @@ fn the_gateway_publishes_every_request_exactly_into_two_workers() {
         // The upstream slept `delay` ms: its latency, and the total, are at least that.
         assert!(p.backend_time >= p.delay, "{p:?}");
         assert!(p.response_time >= p.backend_time, "{p:?}");
-        let e = expected
-            .entry((p.minute, p.api.clone()))
-            .or_insert([0, 0, i64::MAX, i64::MIN, 0, i64::MAX, i64::MIN, 0]);
+        let e = expected.entry((p.minute, p.api.clone())).or_insert([
+            0,
+            0,
+            i64::MAX,
+            i64::MIN,
+            0,
+            i64::MAX,
+            i64::MIN,
+            0,
+        ]);
         e[0] += 1;
         e[1] += p.response_time;
         e[2] = e[2].min(p.response_time);
@@ -287,7 +294,9 @@ fn the_gateway_publishes_every_request_exactly_into_two_workers() {
         e[7] += p.service_time;
     }
     let total_size: i64 = log.iter().map(|p| p.size).sum();
-    let sent_size: i64 = (0..REQUESTS).map(|i| plan(i).2 as i64).sum();
+    let sent_size: i64 = (0..REQUESTS)
+        .map(|i| i64::try_from(plan(i).2).expect("a size"))
+        .sum();
     assert_eq!(total_size, sent_size, "responseSize is the body's length");
 
     let rows = w1.query(
@@ -351,10 +360,7 @@ fn the_gateway_publishes_every_request_exactly_into_two_workers() {
 fn dead_ports() -> [SocketAddr; 2] {
     let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    [
-        a.local_addr().expect("addr"),
-        b.local_addr().expect("addr"),
-    ]
+    [a.local_addr().expect("addr"), b.local_addr().expect("addr")]
 }
 
 /// Every worker down: all 300 requests are answered by the upstream through the gateway, the
@@ -436,7 +442,8 @@ fn with_every_worker_down_the_gateway_answers_and_counts_the_drops() {
 /// `apim_request_schema()` is the `Request` stream of the bundled app.
 #[test]
 fn the_built_in_request_schema_is_the_apps() {
-    let catalog = Catalog::load(&AppSource::File(apim_app()), true).unwrap_or_else(|e| panic!("{e}"));
+    let catalog =
+        Catalog::load(&AppSource::File(apim_app()), true).unwrap_or_else(|e| panic!("{e}"));
     let stream = catalog
         .streams()
         .iter()

@@ -453,7 +453,10 @@ impl ApiRequestMapping {
         request: &'r RequestInfo,
         response: &ResponseInfo<'r>,
     ) -> impl Iterator<Item = (&'r Field, Slot<'r>)> {
-        let api = self.apis.iter().find(|a| under(request.uri.path(), &a.context));
+        let api = self
+            .apis
+            .iter()
+            .find(|a| under(request.uri.path(), &a.context));
         self.fields.iter().map(move |field| {
             let slot = match &field.source {
                 Source::Constant(v) => Slot::borrowed(v.as_ref()),
@@ -505,10 +508,9 @@ impl ApiRequestMapping {
         let path = request.uri.path();
         let text = |s: &'r str| Raw::Text(Cow::Borrowed(s));
         let header = |name: &HeaderName| {
-            request
-                .headers
-                .get(name)
-                .map_or(Raw::Null, |v| Raw::Text(String::from_utf8_lossy(v.as_bytes())))
+            request.headers.get(name).map_or(Raw::Null, |v| {
+                Raw::Text(String::from_utf8_lossy(v.as_bytes()))
+            })
         };
         match b {
             Builtin::ApiContext => match api {
@@ -737,11 +739,15 @@ impl ApiRequestMappingBuilder {
             }
         }
         for (attribute, header) in &self.headers {
-            let i = schema.position(attribute).ok_or_else(|| unknown(attribute))?;
+            let i = schema
+                .position(attribute)
+                .ok_or_else(|| unknown(attribute))?;
             sources[i] = Some(Source::Header(header_name(header)?));
         }
         for (attribute, value) in &self.constants {
-            let i = schema.position(attribute).ok_or_else(|| unknown(attribute))?;
+            let i = schema
+                .position(attribute)
+                .ok_or_else(|| unknown(attribute))?;
             let ty = schema.attributes[i].ty;
             let value = fit(value, ty).ok_or_else(|| MappingError::Type {
                 stream: schema.name.clone(),

@@ -42,10 +42,7 @@ fn request_schema() -> StreamSchema {
     ];
     StreamSchema::new(
         "Request",
-        attrs
-            .iter()
-            .map(|(n, t)| Attribute::new(*n, *t))
-            .collect(),
+        attrs.iter().map(|(n, t)| Attribute::new(*n, *t)).collect(),
     )
 }
 
@@ -123,7 +120,10 @@ fn the_apim_mapping_fills_every_attribute_it_knows() {
             ("userTenantDomain".to_owned(), s("carbon.super")),
             ("userIp".to_owned(), s("203.0.113.7")),
             ("userAgent".to_owned(), s("curl/8.5")),
-            ("requestTimestamp".to_owned(), Value::Long(1_763_632_800_123)),
+            (
+                "requestTimestamp".to_owned(),
+                Value::Long(1_763_632_800_123)
+            ),
             ("throttledOut".to_owned(), Value::Bool(false)),
             ("responseTime".to_owned(), Value::Long(42)),
             ("serviceTime".to_owned(), Value::Long(11)),
@@ -383,10 +383,7 @@ async fn every_request_is_answered_while_a_full_buffer_drops_its_events() {
     }));
     for i in 0..5 {
         let path = if i == 1 { "/missing" } else { "/api/x" };
-        let request = Request::builder()
-            .uri(path)
-            .body(i.to_string())
-            .unwrap();
+        let request = Request::builder().uri(path).body(i.to_string()).unwrap();
         let response = service.ready().await.unwrap().call(request).await.unwrap();
         assert_eq!(response.body(), &format!("echo {i}"));
     }
