@@ -96,6 +96,25 @@ pub(crate) struct PublishArgs {
     /// File holding the token the workers expect.
     #[arg(long, env = "SHARDTALLY_AUTH_TOKEN_FILE", value_name = "FILE")]
     pub(crate) auth_token_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for tls:// workers [default: the system trust store].
+    #[arg(long, env = "SHARDTALLY_TLS_CA", value_name = "FILE")]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for workers that require one (with --tls-client-key).
+    #[arg(
+        long,
+        env = "SHARDTALLY_TLS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "tls_client_key"
+    )]
+    pub(crate) tls_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-client-cert.
+    #[arg(
+        long,
+        env = "SHARDTALLY_TLS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "tls_client_cert"
+    )]
+    pub(crate) tls_client_key: Option<PathBuf>,
 }
 
 /// Parses `std::env::args` and runs the command.

@@ -31,3 +31,4 @@ pub mod retrieve;
 mod server;
 pub mod siddhi;
 pub mod store;
+mod tls;

@@ -215,9 +215,10 @@ async fn serve_with_lease(
         max_frame_len: config.max_frame_len,
         max_batch_events: config.max_batch_events,
         max_connections: config.max_connections,
-        handshake_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(60),
+        handshake_timeout: config.handshake_timeout,
+        idle_timeout: config.idle_timeout,
         max_string_len: MAX_STRING_LEN,
+        tls: config.tls.clone(),
     };
     let server_task = tokio::spawn(serve(
         listener,
@@ -234,6 +235,7 @@ async fn serve_with_lease(
         metrics: metrics.clone(),
         node_id: config.node_id.clone(),
         shard_id: config.shard_id.clone(),
+        auth_token: config.auth_token.clone(),
     });
     let http_stop = stop_serving.clone();
     tasks.spawn(async move {

@@ -2,6 +2,7 @@
 
 mod common;
 mod expected_totals;
+mod fuzz;
 mod publish_cli;
 mod run_scenarios;
 mod scenario_files;
