@@ -4,7 +4,7 @@
 //! `fuzz/corpus/<target>/` (plus the repository's own scenarios and apps). Each must return a
 //! value or a clean error — never panic — and text errors must point inside the input.
 //!
-//! Runs `SHARDTALLY_FUZZ_CASES` cases per target (default 2,000; `proptest-regressions/` keeps
+//! Runs `SHARDTALLY_FUZZ_CASES` cases per target (default 10,000, a few seconds; `proptest-regressions/` keeps
 //! any failure found, to be committed). A longer session:
 //! `SHARDTALLY_FUZZ_CASES=200000 cargo nextest run -p shardtally-loadgen fuzz`.
 
@@ -28,7 +28,7 @@ fn cases() -> u32 {
     std::env::var("SHARDTALLY_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000)
+        .unwrap_or(10_000)
 }
 
 /// Every file of `fuzz/corpus/<target>/`, plus files of `extra` dirs ending in `ext`.
@@ -210,6 +210,9 @@ fn assert_inside(text: &str, line: u64, column: u64, what: &str) {
     );
 }
 
+/// The worker's default `max_batch_events`.
+const MAX_BATCH_EVENTS: u32 = 100_000;
+
 /// Decodes every frame of `data` (and every event of every batch); returns a summary that
 /// must not depend on how the bytes were chunked.
 fn decode_all(data: &[u8], chunk: usize) -> Vec<String> {
@@ -221,7 +224,12 @@ fn decode_all(data: &[u8], chunk: usize) -> Vec<String> {
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(frame)) => {
-                    if let Frame::Batch(batch) = &frame {
+                    // Events are walked as the worker walks them: only in batches within
+                    // its `max_batch_events` (a zero-column batch claiming 4 billion events
+                    // would otherwise take 4 billion empty steps — the worker rejects it first).
+                    if let Frame::Batch(batch) = &frame
+                        && batch.event_count <= MAX_BATCH_EVENTS
+                    {
                         let mut reader = batch.reader();
                         let mut values: Vec<ValueRef<'_>> = Vec::new();
                         loop {
