@@ -137,15 +137,15 @@ enum Mutation {
 fn mutation() -> impl Strategy<Value = Mutation> {
     let at = any::<usize>();
     prop_oneof![
-        (at.clone(), 0u8..8).prop_map(|(p, b)| Mutation::FlipBit(p, b)),
-        (at.clone(), any::<u8>()).prop_map(|(p, b)| Mutation::SetByte(p, b)),
-        (at.clone(), prop::collection::vec(any::<u8>(), 1..16))
+        (at, 0u8..8).prop_map(|(p, b)| Mutation::FlipBit(p, b)),
+        (at, any::<u8>()).prop_map(|(p, b)| Mutation::SetByte(p, b)),
+        (at, prop::collection::vec(any::<u8>(), 1..16))
             .prop_map(|(p, b)| Mutation::Insert(p, b)),
-        (at.clone(), 1usize..64).prop_map(|(p, n)| Mutation::Delete(p, n)),
-        (at.clone(), 1usize..64, at.clone()).prop_map(|(p, n, q)| Mutation::Duplicate(p, n, q)),
-        (at.clone(), 0..TOKENS.len()).prop_map(|(p, t)| Mutation::Token(p, t)),
-        at.clone().prop_map(Mutation::Truncate),
-        (any::<usize>(), at.clone(), at).prop_map(|(s, p, q)| Mutation::Splice(s, p, q)),
+        (at, 1usize..64).prop_map(|(p, n)| Mutation::Delete(p, n)),
+        (at, 1usize..64, at).prop_map(|(p, n, q)| Mutation::Duplicate(p, n, q)),
+        (at, 0..TOKENS.len()).prop_map(|(p, t)| Mutation::Token(p, t)),
+        at.prop_map(Mutation::Truncate),
+        (any::<usize>(), at, at).prop_map(|(s, p, q)| Mutation::Splice(s, p, q)),
     ]
 }
 
@@ -203,7 +203,7 @@ fn mutate(seeds: &[Vec<u8>], (seed, mutations): &(usize, Vec<Mutation>)) -> Vec<
 
 /// A text error's position must lie inside the text (or just past its end).
 fn assert_inside(text: &str, line: u64, column: u64, what: &str) {
-    let lines = text.split('\n').count() as u64;
+    let lines = u64::try_from(text.split('\n').count()).expect("line count");
     assert!(
         (1..=lines + 1).contains(&line) && column >= 1,
         "{what}: position {line}:{column} outside a {lines}-line input"
@@ -353,7 +353,7 @@ fn write_frame_seeds() {
             ValueRef::String("PizzaShackAPI"),
             ValueRef::String("Italy"),
             ValueRef::String(city),
-            ValueRef::Long(1_795_168_800_000 + i as i64),
+            ValueRef::Long(1_795_168_800_000 + i64::try_from(i).expect("small")),
             ValueRef::Double(12.5),
             ValueRef::Bool(i % 2 == 0),
         ])
