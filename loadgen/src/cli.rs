@@ -74,6 +74,10 @@ pub(crate) struct RunArgs {
     /// printed).
     #[arg(long, env = "SHARDTALLY_KEEP_DATABASE")]
     pub(crate) keep_database: bool,
+    /// Check and report `latency` expectations, but do not fail the run on them (WARN instead
+    /// of FAIL): for shared or noisy machines such as CI, where timing is not a test.
+    #[arg(long, env = "SHARDTALLY_ADVISORY_LATENCY")]
+    pub(crate) advisory_latency: bool,
 }
 
 /// `publish --endpoints URLSET < events.jsonl`.

@@ -139,8 +139,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (at, 0u8..8).prop_map(|(p, b)| Mutation::FlipBit(p, b)),
         (at, any::<u8>()).prop_map(|(p, b)| Mutation::SetByte(p, b)),
-        (at, prop::collection::vec(any::<u8>(), 1..16))
-            .prop_map(|(p, b)| Mutation::Insert(p, b)),
+        (at, prop::collection::vec(any::<u8>(), 1..16)).prop_map(|(p, b)| Mutation::Insert(p, b)),
         (at, 1usize..64).prop_map(|(p, n)| Mutation::Delete(p, n)),
         (at, 1usize..64, at).prop_map(|(p, n, q)| Mutation::Duplicate(p, n, q)),
         (at, 0..TOKENS.len()).prop_map(|(p, t)| Mutation::Token(p, t)),
