@@ -26,6 +26,10 @@ use crate::store::{LeaseOutcome, Store, StoreError};
 /// Longest string the worker accepts in an event (what every backend's columns hold).
 pub const MAX_STRING_LEN: usize = crate::store::STRING_MAX_CHARS;
 
+/// Simultaneous HTTP connections (`/stores/query`, `/health`, `/metrics`); more wait in the
+/// kernel's backlog.
+const HTTP_MAX_CONNECTIONS: usize = 256;
+
 /// Why a worker could not start, or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -238,9 +242,15 @@ async fn serve_with_lease(
         auth_token: config.auth_token.clone(),
     });
     let http_stop = stop_serving.clone();
+    let http_idle = config.idle_timeout;
     tasks.spawn(async move {
         let app = router(http_state);
-        if let Err(e) = axum::serve(http_listener, app)
+        let listener = crate::http_listener::GuardedListener::new(
+            http_listener,
+            HTTP_MAX_CONNECTIONS,
+            http_idle,
+        );
+        if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(async move { http_stop.cancelled().await })
             .await
         {

@@ -259,3 +259,26 @@ async fn with_a_token_the_query_and_metrics_endpoints_need_it_and_health_does_no
     drop(w);
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_http_connection_is_closed_at_the_idle_timeout() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = start_protected(&db.url); // idle_timeout: 4s
+    // Half a request line, then silence (slowloris).
+    let mut slow = TcpStream::connect(w.http).expect("connect");
+    slow.write_all(b"GET /health HT").expect("write");
+    let started = Instant::now();
+    slow.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut rest = Vec::new();
+    let read = std::io::Read::read_to_end(&mut slow, &mut rest);
+    // Closed by the worker (EOF or reset), not by our 30 s read timeout.
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(25),
+        "still open after {waited:?}: {read:?}"
+    );
+    // The HTTP side still answers.
+    assert_eq!(http(w.http, "GET", "/health", "").0, 200);
+    drop(w);
+    db.cleanup().await;
+}
