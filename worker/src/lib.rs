@@ -11,10 +11,11 @@
 //! - [`query`]: store-query parsing and shard-merging evaluation.
 //! - [`store`]: the SQL backends, dedup table, shard registry and leases.
 //! - [`catalog`]: a loaded app with the layouts of its aggregations.
-//! - `server` / `ingest`: the TCP side (handshake, validation) and the task that aggregates and
-//!   commits exactly once; [`node`] starts and stops them with the lease and HTTP tasks.
-//! - [`retrieve`], [`http`], [`metrics`], [`cli`]: queries, the HTTP API, Prometheus metrics,
-//!   the command line.
+//! - `server` / `tls` / `ingest`: the TCP side (TLS, handshake, validation) and the task that
+//!   aggregates and commits exactly once; [`node`] starts and stops them with the lease and HTTP
+//!   tasks.
+//! - [`retrieve`], [`http`] (with `http_listener`: connection limit and idle timeout),
+//!   [`metrics`], [`cli`]: queries, the HTTP API, Prometheus metrics, the command line.
 
 pub mod bucket;
 pub mod catalog;
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod http;
+mod http_listener;
 mod ingest;
 pub mod layout;
 pub mod metrics;
@@ -31,3 +33,4 @@ pub mod retrieve;
 mod server;
 pub mod siddhi;
 pub mod store;
+mod tls;

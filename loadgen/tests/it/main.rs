@@ -2,6 +2,7 @@
 
 mod common;
 mod expected_totals;
+mod fuzz;
 mod gateway;
 mod publish_cli;
 mod run_scenarios;
