@@ -84,6 +84,9 @@ pub(crate) struct Args {
     /// A file holding the workers' auth token.
     #[arg(long, env = "SHARDTALLY_AUTH_TOKEN_FILE")]
     pub(crate) auth_token_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for `tls://` workers [default: the system trust store].
+    #[arg(long, env = "SHARDTALLY_TLS_CA")]
+    pub(crate) tls_ca: Option<PathBuf>,
     /// Events buffered while unacked; beyond, events are dropped (and counted).
     #[arg(long, default_value_t = 100_000)]
     pub(crate) buffer_events: u64,
@@ -117,6 +120,11 @@ pub(crate) fn publisher(args: &Args) -> anyhow::Result<Publisher> {
         let token = std::fs::read_to_string(path)
             .with_context(|| format!("reading the auth token from {}", path.display()))?;
         builder = builder.auth_token(token.trim());
+    }
+    if let Some(path) = &args.tls_ca {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading --tls-ca {}", path.display()))?;
+        builder = builder.tls_root_certificates_pem(pem);
     }
     builder.build().context("--workers")
 }
