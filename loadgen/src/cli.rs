@@ -1,5 +1,5 @@
-//! The command line: `run`, `publish`, and the hidden `worker` that re-executes the loadgen as a
-//! shardtally worker.
+//! The command line: `run`, `bench`, `publish`, and the hidden `worker` that re-executes the
+//! loadgen as a shardtally worker.
 //!
 //! Exit status: 0 every expectation held (or every event was acked), 1 an expectation failed or
 //! the run could not complete, 2 a bad scenario file, app, flag or input line (with its
@@ -8,8 +8,9 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Every expectation held.
 pub(crate) const EXIT_OK: u8 = 0;
@@ -33,6 +34,10 @@ enum Command {
     /// Run scenario files: spawn their cluster (or use a running one), publish their phases,
     /// fire their faults, check their expectations, and write a report for each.
     Run(RunArgs),
+    /// Benchmark: events/s, ack latency, rows/s and memory of shardtally end to end, against
+    /// the `naive` (one upsert per event) and `wire` (decode and discard) baselines. Exits 0
+    /// whatever the figures; 1 when the counts are not exact.
+    Bench(BenchArgs),
     /// Publish JSON lines from stdin (one object per line, keys = attributes) to running
     /// workers; exit 0 only when every event is acked.
     Publish(PublishArgs),
@@ -78,6 +83,124 @@ pub(crate) struct RunArgs {
     /// of FAIL): for shared or noisy machines such as CI, where timing is not a test.
     #[arg(long, env = "SHARDTALLY_ADVISORY_LATENCY")]
     pub(crate) advisory_latency: bool,
+}
+
+/// `bench`.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct BenchArgs {
+    /// Worker processes (spawned, sharing the database).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub(crate) workers: usize,
+    /// Publishers (one `Publisher` each, like separate gateways; in the loadgen's process).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub(crate) publishers: usize,
+    /// Events sent through shardtally and through `wire` (`naive` takes a bounded sample).
+    #[arg(long, default_value_t = 20_000_000, value_name = "N")]
+    pub(crate) events: u64,
+    /// Distinct keys (apiName, country, city); (country, city) is the aggregation's group-by
+    /// key, distinct per key.
+    #[arg(long, default_value_t = 1_000, value_name = "N")]
+    pub(crate) keys: usize,
+    /// The span of event time the events' timestamps cover.
+    #[arg(long, default_value = "1h", value_parser = duration, value_name = "DURATION")]
+    pub(crate) time_spread: Duration,
+    /// How timestamps fill the span: `ascending` (a replay of the span in time order) or
+    /// `random` (uniform over the span: every flush touches rows all over it).
+    #[arg(long, value_enum, default_value = "ascending")]
+    pub(crate) time_order: TimeOrderArg,
+    /// Database server the workers share (postgres://… or mysql://…: a fresh database is
+    /// created on it and dropped afterwards), or sqlite:FILE [default: a fresh SQLite file in
+    /// the results folder].
+    #[arg(long, env = "SHARDTALLY_LOADGEN_DATABASE_URL", value_name = "URL")]
+    pub(crate) database_url: Option<String>,
+    /// Which baselines to run besides shardtally.
+    #[arg(long, value_enum, default_value = "all")]
+    pub(crate) baseline: BaselineArg,
+    /// The workers' flush interval.
+    #[arg(long, default_value = "200ms", value_parser = duration, value_name = "DURATION")]
+    pub(crate) flush_interval: Duration,
+    /// Events per batch (the publisher's `batch_max_events`) [default: the publisher's default].
+    #[arg(long, value_name = "N")]
+    pub(crate) batch_events: Option<u32>,
+    /// Unacked batches per connection (the publisher's `max_in_flight_per_connection`)
+    /// [default: the publisher's default].
+    #[arg(long, value_name = "N")]
+    pub(crate) in_flight: Option<usize>,
+    /// Publish at this many events per second in total (open model) instead of as fast as
+    /// acks allow.
+    #[arg(long, value_name = "N")]
+    pub(crate) rate: Option<f64>,
+    /// Seconds of a second shardtally run at half the measured rate (open model), for ack
+    /// latency; 0 skips it.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub(crate) half_rate_seconds: f64,
+    /// Seconds the `naive` baseline runs (its rate is extrapolated to --events).
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub(crate) naive_seconds: f64,
+    /// Seconds of 1,000-row upsert transactions measuring the database's batched-upsert rate;
+    /// 0 skips it.
+    #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
+    pub(crate) calibrate_seconds: f64,
+    /// Where reports go: <DIR>/bench/<UTC timestamp>/
+    #[arg(
+        long,
+        env = "SHARDTALLY_RESULTS",
+        default_value = "results",
+        value_name = "DIR"
+    )]
+    pub(crate) results: PathBuf,
+    /// Seed of the keys and timestamps.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub(crate) seed: u64,
+    /// Keep the database created on a PostgreSQL/MySQL server after the run.
+    #[arg(long)]
+    pub(crate) keep_database: bool,
+}
+
+/// `--time-order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TimeOrderArg {
+    /// A replay of the span, in time order.
+    Ascending,
+    /// Uniformly anywhere in the span.
+    Random,
+}
+
+impl TimeOrderArg {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            TimeOrderArg::Ascending => "ascending",
+            TimeOrderArg::Random => "random",
+        }
+    }
+}
+
+/// `--baseline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BaselineArg {
+    /// One upsert statement per event, autocommit (a bounded sample, extrapolated).
+    Naive,
+    /// Workers that decode, fold and discard: the protocol's ceiling.
+    Wire,
+    /// Both.
+    All,
+    /// Neither.
+    None,
+}
+
+impl BaselineArg {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            BaselineArg::Naive => "naive",
+            BaselineArg::Wire => "wire",
+            BaselineArg::All => "all",
+            BaselineArg::None => "none",
+        }
+    }
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    shardtally_worker::config::parse_duration("duration", text).map_err(|e| e.to_string())
 }
 
 /// `publish --endpoints URLSET < events.jsonl`.
@@ -135,6 +258,9 @@ pub(crate) fn main() -> ExitCode {
             std::iter::once(OsString::from("shardtally-worker")).chain(args),
         ),
         Command::Run(args) => with_runtime("error", |rt| rt.block_on(crate::run::run(args))),
+        Command::Bench(args) => with_runtime("warn,sqlx=error", |rt| {
+            rt.block_on(crate::bench::bench(args))
+        }),
         Command::Publish(args) => {
             with_runtime("warn", |rt| rt.block_on(crate::publish::publish(args)))
         }
@@ -210,6 +336,40 @@ mod tests {
         assert_eq!(args.seed, Some(7));
         assert_eq!(args.results, PathBuf::from("results"));
         assert!(!args.keep_database);
+    }
+
+    #[test]
+    fn bench_defaults_match_the_issue_workload() {
+        let cli = Cli::try_parse_from(["shardtally-loadgen", "bench"]).unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("not bench");
+        };
+        assert_eq!((args.workers, args.publishers, args.keys), (2, 1, 1000));
+        assert_eq!(args.time_spread, Duration::from_secs(3600));
+        assert_eq!(args.flush_interval, Duration::from_millis(200));
+        assert_eq!(args.baseline, BaselineArg::All);
+        assert_eq!(args.time_order, TimeOrderArg::Ascending);
+        assert!(args.database_url.is_none() && args.rate.is_none());
+        let cli = Cli::try_parse_from([
+            "shardtally-loadgen",
+            "bench",
+            "--baseline",
+            "wire",
+            "--time-spread",
+            "10m",
+            "--time-order",
+            "random",
+        ])
+        .unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("not bench");
+        };
+        assert_eq!(args.baseline, BaselineArg::Wire);
+        assert_eq!(args.time_spread, Duration::from_secs(600));
+        assert_eq!(args.time_order, TimeOrderArg::Random);
+        assert!(
+            Cli::try_parse_from(["shardtally-loadgen", "bench", "--time-spread", "soon"]).is_err()
+        );
     }
 
     #[test]

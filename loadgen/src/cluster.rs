@@ -127,6 +127,11 @@ impl Worker {
     pub(crate) fn endpoint(&self) -> String {
         format!("tcp://{}", self.listen)
     }
+
+    /// Its process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
 }
 
 /// What a cluster's workers share.
@@ -140,6 +145,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) flush_interval: Duration,
     /// Where `worker-<node>.log` files go.
     pub(crate) log_dir: PathBuf,
+    /// More `serve` arguments for every worker (the bench's `--discard-events`).
+    pub(crate) extra_args: Vec<OsString>,
 }
 
 /// The spawned workers of a run.
@@ -290,6 +297,7 @@ fn serve_args(
         args.push("--app".into());
         args.push(app.into());
     }
+    args.extend(config.extra_args.iter().cloned());
     args
 }
 
@@ -606,6 +614,7 @@ mod tests {
             app: Some(PathBuf::from("/apps/geo.siddhi")),
             flush_interval: Duration::from_millis(100),
             log_dir: PathBuf::from("/tmp"),
+            extra_args: vec!["--discard-events".into()],
         };
         let args = serve_args(
             &spec,
@@ -621,7 +630,7 @@ mod tests {
             args.join(" "),
             "serve --database-url sqlite:///tmp/x.db --node-id n1 --partition-by-id true \
              --listen 127.0.0.1:7001 --http 127.0.0.1:7002 --flush-interval 100ms \
-             --lease-ttl 2000ms --shard-id s1 --app /apps/geo.siddhi"
+             --lease-ttl 2000ms --shard-id s1 --app /apps/geo.siddhi --discard-events"
         );
     }
 

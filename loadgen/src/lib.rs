@@ -7,8 +7,10 @@
 //!   timeline, per-node counters, `.hgrm` export.
 //! - [`report`]: the results folder (SPEC §5.2): `summary.json`, `.hgrm` files, `report.html`,
 //!   and the console's closing table.
+//! - [`workload`]: the benchmark's events (keys, event-time span), generated without allocating.
 
 pub mod generate;
 pub mod measure;
 pub mod report;
 pub mod scenario;
+pub mod workload;

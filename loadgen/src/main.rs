@@ -9,7 +9,9 @@
 //! - `cluster`: the worker processes a run spawns, and the database they share.
 //! - `expect`: the checks behind `expect:` (query rows, shard counts, exactly-once, latency).
 //! - `publish`: `publish < events.jsonl`.
+//! - `bench`: `bench`: shardtally end to end against the `naive` and `wire` baselines.
 
+mod bench;
 mod cli;
 mod cluster;
 mod expect;

@@ -394,6 +394,7 @@ async fn drive(
                 .map(|a| std::path::absolute(a).unwrap_or_else(|_| a.clone())),
             flush_interval,
             log_dir: dir.to_owned(),
+            extra_args: Vec::new(),
         };
         let started = Cluster::start(&s.cluster.workers, &config).await?;
         eprintln!(
@@ -685,7 +686,7 @@ fn build_publisher(
 
 /// When each event of one publisher of a rate-limited phase is due.
 #[derive(Debug, Clone, Copy)]
-struct Pace {
+pub(crate) struct Pace {
     start: Instant,
     /// Seconds between two events of this publisher.
     every_s: f64,
@@ -696,7 +697,7 @@ struct Pace {
 impl Pace {
     /// Publisher `k` of `n` in a phase at `rate`: its event `j` is due at
     /// `start + (j·n + k) / rate`, so together they publish at `rate`.
-    fn new(rate: Rate, n: usize, k: usize, start: Instant) -> Option<Pace> {
+    pub(crate) fn new(rate: Rate, n: usize, k: usize, start: Instant) -> Option<Pace> {
         match rate {
             Rate::Max => None,
             Rate::PerSecond(r) => Some(Pace {
@@ -708,7 +709,7 @@ impl Pace {
     }
 
     /// When event `j` is due.
-    fn due(&self, j: u64) -> Instant {
+    pub(crate) fn due(&self, j: u64) -> Instant {
         Duration::try_from_secs_f64(self.offset_s + j as f64 * self.every_s)
             .ok()
             .and_then(|d| self.start.checked_add(d))

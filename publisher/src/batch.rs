@@ -225,15 +225,16 @@ impl Batcher {
                 });
             }
         }
-        let schema = Arc::clone(schema);
         let limits = self.limits;
         let record = self.record_times;
         let next_seq = &mut self.next_seq;
+        // The open batch is usually this schema's: no reference-count traffic per event.
         if !slot
             .open
             .as_ref()
-            .is_some_and(|o| o.schema.as_ref().is_some_and(|s| Arc::ptr_eq(s, &schema)))
+            .is_some_and(|o| o.schema.as_ref().is_some_and(|s| Arc::ptr_eq(s, schema)))
         {
+            let schema = Arc::clone(schema);
             let columns: Vec<String> = schema.attributes.iter().map(|a| a.name.clone()).collect();
             replace_open(slot, Some(schema), columns, next_seq, sealed)?;
         }

@@ -411,7 +411,7 @@ impl PublisherBuilder {
             ack_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(2),
             delivery_deadline: Duration::from_secs(120),
-            max_in_flight_per_connection: 32,
+            max_in_flight_per_connection: 1024,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
@@ -496,8 +496,10 @@ impl PublisherBuilder {
         self
     }
 
-    /// A batch not acked this long after it was sent marks its worker unhealthy and is re-sent
-    /// elsewhere (default 5 s).
+    /// A worker that has acked nothing for this long while a batch sent to it this long ago is
+    /// still unacked is marked unhealthy, and its unacked batches are re-sent elsewhere (default
+    /// 5 s). A worker that goes on acking is alive, however deep its queue (a slow database):
+    /// re-sending there would only add load.
     #[must_use]
     pub fn ack_timeout(mut self, timeout: Duration) -> PublisherBuilder {
         self.ack_timeout = timeout;
@@ -519,7 +521,9 @@ impl PublisherBuilder {
         self
     }
 
-    /// Unacked batches per connection (default 32).
+    /// Unacked batches per connection (default 1024): with acks arriving about a flush interval
+    /// after a batch is sent, a connection carries at most this many batches per flush
+    /// interval. The buffer bounds memory either way.
     #[must_use]
     pub fn max_in_flight_per_connection(mut self, n: usize) -> PublisherBuilder {
         self.max_in_flight_per_connection = n;

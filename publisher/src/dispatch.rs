@@ -85,6 +85,8 @@ struct Member {
     conn: Option<Conn>,
     /// seq → when it was sent.
     in_flight: HashMap<u64, Instant>,
+    /// The last sign of progress on the current connection: connected, or an ACK/REJECT.
+    last_progress: Instant,
     attempt: u32,
     retry_at: Option<Instant>,
     node_id: String,
@@ -123,6 +125,7 @@ impl Dispatcher {
                     state: EndpointState::Connecting,
                     conn: None,
                     in_flight: HashMap::new(),
+                    last_progress: Instant::now(),
                     attempt: 0,
                     retry_at: None,
                     node_id: String::new(),
@@ -263,6 +266,14 @@ impl Dispatcher {
             .conn
             .as_ref()
             .is_some_and(|c| c.id == ev.conn);
+        if current
+            && matches!(
+                ev.kind,
+                ConnEventKind::Ack(_) | ConnEventKind::Reject { .. } | ConnEventKind::Up(_)
+            )
+        {
+            self.members[m].last_progress = Instant::now();
+        }
         match ev.kind {
             // An ack means the batch is committed, whichever connection it comes from.
             ConnEventKind::Ack(seq) => self.on_ack(m, seq),
@@ -567,16 +578,18 @@ impl Dispatcher {
             let mut batcher = shared.lock_batcher();
             batcher.seal_lingering(now, linger, &mut |b| shared.send_batch(b));
         }
-        // Ack timeouts.
+        // Ack timeouts: a batch older than the timeout, and nothing acked meanwhile. A worker
+        // that acks steadily is alive however deep its queue; one that acks nothing is not.
         for m in 0..self.members.len() {
             let member = &self.members[m];
             if matches!(
                 member.state,
                 EndpointState::Connected | EndpointState::Draining
-            ) && member
-                .in_flight
-                .values()
-                .any(|&sent| now.saturating_duration_since(sent) >= ack_timeout)
+            ) && now.saturating_duration_since(member.last_progress) >= ack_timeout
+                && member
+                    .in_flight
+                    .values()
+                    .any(|&sent| now.saturating_duration_since(sent) >= ack_timeout)
             {
                 self.fail_member(m, ConnError::AckTimeout(ack_timeout), now);
             }

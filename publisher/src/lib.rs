@@ -109,7 +109,8 @@
 //! - A batch leaves the buffer only when acked (workers ack after committing).
 //! - A worker that fails — connect or write error, ERROR or GOODBYE frame, three missed
 //!   heartbeats ([`heartbeat_interval`](PublisherBuilder::heartbeat_interval)), or a batch not
-//!   acked within [`ack_timeout`](PublisherBuilder::ack_timeout) — is marked unhealthy; its
+//!   acked within [`ack_timeout`](PublisherBuilder::ack_timeout) while the worker acked nothing
+//!   else meanwhile — is marked unhealthy; its
 //!   unacked batches are re-sent to the other healthy members of its group (never to it while
 //!   another is healthy), and it is reconnected after a capped exponential backoff with jitter
 //!   ([`reconnect_backoff`](PublisherBuilder::reconnect_backoff)).

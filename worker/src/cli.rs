@@ -94,6 +94,10 @@ struct ServeArgs {
     /// Accept publishers without a token on a non-loopback address (refused by default)
     #[arg(long, env = "SHARDTALLY_ALLOW_UNAUTHENTICATED")]
     allow_unauthenticated: bool,
+    /// Benchmark baseline only (`shardtally-loadgen bench`, `wire`): decode, fold and ack every
+    /// batch at once, and discard the aggregates instead of storing them. Nothing is stored.
+    #[arg(long, hide = true)]
+    discard_events: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -214,6 +218,7 @@ async fn serve(a: ServeArgs) -> u8 {
         dedup_window: a.dedup_window,
         allow_shard_change: a.allow_shard_change,
         allow_unauthenticated: a.allow_unauthenticated,
+        discard_events: a.discard_events,
         ..overrides(&a.common)
     };
     let config = match resolve(o) {

@@ -219,6 +219,9 @@ pub struct OwnSection {
     pub allow_unauthenticated: Option<bool>,
     /// Maximum events held uncommitted before reading from sockets pauses.
     pub max_pending_events: Option<usize>,
+    /// Maximum aggregate rows (finest granularity) folded but not yet drained into a commit:
+    /// bounds a commit's size, its duration and the worker's memory.
+    pub max_pending_rows: Option<usize>,
     /// Maximum accepted frame length in bytes.
     pub max_frame_len: Option<u32>,
     /// Maximum events in one batch.
@@ -415,6 +418,8 @@ pub struct Overrides {
     pub allow_shard_change: bool,
     /// `--allow-unauthenticated`.
     pub allow_unauthenticated: bool,
+    /// `--discard-events` (hidden; benchmark baseline).
+    pub discard_events: bool,
 }
 
 /// Where the Siddhi app comes from.
@@ -459,6 +464,8 @@ pub struct WorkerConfig {
     pub allow_shard_change: bool,
     /// Events held uncommitted before sockets stop being read.
     pub max_pending_events: usize,
+    /// Finest-granularity rows folded before a commit is due and sockets stop being read.
+    pub max_pending_rows: usize,
     /// Maximum frame length.
     pub max_frame_len: u32,
     /// Maximum events per batch.
@@ -469,6 +476,8 @@ pub struct WorkerConfig {
     pub handshake_timeout: Duration,
     /// Longest silence (or unread write) before a connection is closed.
     pub idle_timeout: Duration,
+    /// Benchmark baseline: fold and ack events, never store them (`--discard-events`).
+    pub discard_events: bool,
     /// WSO2 keys found in the file that shardtally does not use.
     pub ignored_keys: Vec<String>,
     /// JDBC parameters dropped from the datasource URL.
@@ -715,6 +724,7 @@ impl WorkerConfig {
             allow_shard_change: o.allow_shard_change
                 || own.and_then(|s| s.allow_shard_change).unwrap_or(false),
             max_pending_events: own.and_then(|s| s.max_pending_events).unwrap_or(500_000),
+            max_pending_rows: own.and_then(|s| s.max_pending_rows).unwrap_or(50_000),
             max_frame_len: own
                 .and_then(|s| s.max_frame_len)
                 .unwrap_or(16 * 1024 * 1024),
@@ -722,6 +732,7 @@ impl WorkerConfig {
             max_connections: own.and_then(|s| s.max_connections).unwrap_or(1024),
             handshake_timeout,
             idle_timeout,
+            discard_events: o.discard_events,
             ignored_keys: file.ignored_keys(),
             dropped_jdbc_params,
         })

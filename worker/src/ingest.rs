@@ -2,29 +2,40 @@
 //!
 //! One task owns every [`Aggregator`]. Connection tasks hand it validated batches through a
 //! bounded channel; it records their events on arrival and keeps each batch (id, frame bytes, ack
-//! route) as *pending*. A flush — every `flush_interval`, or sooner when pending events reach
-//! their cap — drains the aggregators into deltas and commits them together with the pending
-//! batch ids in one transaction ([`Store::commit`]); only then are the batches acked.
+//! route) as *pending*. A flush — every `flush_interval`, or sooner when pending events or
+//! pending rows reach half their cap — drains the aggregators into deltas and commits them together with the
+//! pending batch ids in one transaction ([`Store::commit`]); only then are the batches acked.
+//! Flushes start early by the duration of the last commit (down to a quarter of the interval),
+//! so a batch is committed, and acked, about one flush interval after it arrives.
+//!
+//! Commits are pipelined: one commit at a time runs in its own task while this task goes on
+//! receiving and folding the next batches. When the database is slower than the flush interval,
+//! the next commit starts as soon as the previous one ends and carries everything received
+//! meanwhile — more events per row, so the rows written per second adapt to what the database
+//! takes. Events held (pending and in flight) and rows pending are capped (so is a commit's
+//! size, its duration and the memory it takes); at a cap the channel fills and connections stop
+//! reading their sockets (backpressure).
 //!
 //! - A batch id already committed (by this or another worker) makes the store roll back and name
-//!   it: those batches are acked without counting, the aggregators are rebuilt from the other
-//!   pending batches' frames, and the commit is retried.
-//! - A retriable database error (outage, deadlock, busy) keeps the same deltas and ids and retries
-//!   with capped backoff; nothing new is read meanwhile, so the channel fills and connections stop
-//!   reading their sockets (backpressure), and nothing is acked.
-//! - A non-retriable error is narrowed down by committing the pending batches one at a time; the
-//!   batch that still fails is rejected (the publisher never retries it), the others commit.
+//!   it: those batches are acked without counting, the deltas of the other batches of that commit
+//!   are rebuilt from their frames, and the commit is retried.
+//! - A retriable database error (outage, deadlock, busy) retries the same deltas and ids with
+//!   capped backoff; nothing is acked meanwhile, and once the cap is reached nothing new is read.
+//! - A non-retriable error is narrowed down by committing the batches of that commit one at a
+//!   time; the batch that still fails is rejected (the publisher never retries it), the others
+//!   commit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use shardtally_publisher::protocol::{BatchFrame, ProtocolError, RejectCode, ValueRef};
+use shardtally_publisher::protocol::{BatchFrame, ErrorCode, ProtocolError, RejectCode, ValueRef};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
+use crate::check::{Refusal, decode_checked};
 use crate::engine::Aggregator;
 use crate::layout::Delta;
 use crate::metrics::Metrics;
@@ -37,6 +48,8 @@ pub(crate) enum Reply {
     Ack(u64),
     /// Can never succeed.
     Reject(u64, RejectCode, String),
+    /// The batch's event bytes are malformed: an `ERROR` frame, and the connection is closed.
+    Malformed(ErrorCode, String),
 }
 
 /// The route back to the connection a batch came from.
@@ -78,10 +91,18 @@ pub(crate) struct IngestSettings {
     pub(crate) shard_id: String,
     pub(crate) flush_interval: Duration,
     pub(crate) max_pending_events: usize,
+    /// Finest rows folded (not yet drained) at which a commit is due, and reading pauses.
+    pub(crate) max_pending_rows: usize,
+    /// Longest string value accepted (what the database columns hold).
+    pub(crate) max_string_len: usize,
+    /// Benchmark only (`serve --discard-events`): fold and ack at once, drain into nothing.
+    pub(crate) discard: bool,
 }
 
 struct Pending {
     batch: IncomingBatch,
+    /// Events in the batch.
+    events: usize,
     /// Routes of the same batch id received again while pending (acked together).
     also_reply: Vec<ReplyTx>,
 }
@@ -104,10 +125,47 @@ pub(crate) struct Ingest {
     metrics: Arc<Metrics>,
     aggregators: Vec<Aggregator>,
     by_stream: Vec<Vec<usize>>,
+    /// Batches folded into `aggregators`, not drained yet.
     pending: Vec<Pending>,
-    pending_index: HashMap<(Arc<str>, u64), usize>,
     pending_events: usize,
+    /// Batches of the commit in flight.
+    in_flight: Vec<Pending>,
+    in_flight_events: usize,
+    /// Where each pending or in-flight batch id is (a re-sent batch joins it).
+    index: HashMap<(Arc<str>, u64), Loc>,
+    /// A flush is due (the interval passed, or pending reached half the cap) but a commit was in
+    /// flight: start the next one as soon as it ends.
+    due: bool,
+    /// How long the last commit took.
+    last_commit: Duration,
+    /// The decoded values of the batch being taken (kept for its allocation).
+    values: Vec<ValueRef<'static>>,
 }
+
+/// Where a batch id is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loc {
+    Pending(usize),
+    InFlight(usize),
+}
+
+/// A commit running in its own task.
+type CommitTask = tokio::task::JoinHandle<CommitDone>;
+
+/// What a commit task hands back: its result, and what it committed (to retry with).
+struct CommitDone {
+    outcome: Result<CommitOutcome, StoreError>,
+    ids: Vec<BatchId>,
+    deltas: Vec<Delta>,
+    micros: u64,
+    /// The backoff before the next retry, should this one fail.
+    backoff: Duration,
+}
+
+/// Backoff of the first retry of a failed commit.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest backoff between retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Ingest {
     pub(crate) fn new(
@@ -127,8 +185,13 @@ impl Ingest {
             metrics,
             by_stream,
             pending: Vec::new(),
-            pending_index: HashMap::new(),
             pending_events: 0,
+            in_flight: Vec::new(),
+            in_flight_events: 0,
+            index: HashMap::new(),
+            due: false,
+            last_commit: Duration::ZERO,
+            values: Vec::new(),
         }
     }
 
@@ -138,8 +201,89 @@ impl Ingest {
         mut rx: mpsc::Receiver<IncomingBatch>,
         shutdown: CancellationToken,
     ) {
-        // The first flush one interval from now (a plain `interval` ticks at once, which under
-        // load lands after the first batch and commits it early).
+        if self.settings.discard {
+            return self.run_discarding(rx, shutdown).await;
+        }
+        // The first flush one interval from now; then flushes start early by the duration of
+        // the last commit, so an event is committed within about one interval of its arrival.
+        let period = self.settings.flush_interval;
+        let mut next_flush = tokio::time::Instant::now() + period;
+        let cap = self.settings.max_pending_events;
+        let row_cap = self.settings.max_pending_rows.max(1);
+        let mut task: Option<CommitTask> = None;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                done = wait(&mut task), if task.is_some() => {
+                    task = self.finished(done, &shutdown).await;
+                }
+                () = tokio::time::sleep_until(next_flush) => {
+                    self.due = true;
+                    if task.is_none() {
+                        task = self.start_commit();
+                    }
+                    next_flush = tokio::time::Instant::now() + flush_spacing(period, self.last_commit);
+                }
+                batch = rx.recv(), if self.pending_events + self.in_flight_events < cap
+                    && self.pending_rows() < row_cap =>
+                {
+                    let Some(batch) = batch else { break };
+                    self.accept(batch);
+                    if self.pending_events >= cap / 2 || self.pending_rows() >= row_cap / 2 {
+                        self.due = true;
+                        if task.is_none() {
+                            task = self.start_commit();
+                        }
+                    }
+                }
+            }
+        }
+        // Graceful stop: the listener is closed; take what connections already handed over,
+        // then commit everything (the commit in flight first).
+        rx.close();
+        while let Ok(batch) = rx.try_recv() {
+            self.accept(batch);
+        }
+        let never = CancellationToken::new();
+        let deadline = tokio::time::sleep(Duration::from_secs(30));
+        tokio::pin!(deadline);
+        loop {
+            if task.is_none() {
+                self.due = true;
+                task = self.start_commit();
+            }
+            if task.is_none() {
+                break;
+            }
+            tokio::select! {
+                done = wait(&mut task) => task = self.finished(done, &never).await,
+                () = &mut deadline => {
+                    tracing::warn!(
+                        pending = self.pending.len() + self.in_flight.len(),
+                        "shutdown: database did not accept the final flush within 30s; those batches stay unacked and publishers will re-send them"
+                    );
+                    if let Some(t) = task.take() {
+                        t.abort();
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The `wire` baseline of `shardtally-loadgen bench`: the same decode and fold as [`Ingest::run`],
+    /// but each batch is acked as soon as it is folded, and every flush interval the aggregators
+    /// are drained into nothing. Nothing reaches the database; what is left is the ceiling of the
+    /// protocol and the engine.
+    async fn run_discarding(
+        mut self,
+        mut rx: mpsc::Receiver<IncomingBatch>,
+        shutdown: CancellationToken,
+    ) {
+        tracing::warn!(
+            "--discard-events: events are folded and acked but never stored (benchmark baseline)"
+        );
         let period = self.settings.flush_interval;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -147,173 +291,242 @@ impl Ingest {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                _ = tick.tick() => self.flush(&shutdown).await,
-                batch = rx.recv(), if self.pending_events < self.settings.max_pending_events => {
+                _ = tick.tick() => {
+                    let rows: u64 = drain(&mut self.aggregators).iter().map(|d| d.row_count() as u64).sum();
+                    tracing::trace!(rows, "discarded");
+                }
+                batch = rx.recv() => {
                     let Some(batch) = batch else { break };
-                    self.accept(batch);
-                    if self.pending_events >= self.settings.max_pending_events {
-                        self.flush(&shutdown).await;
-                    }
+                    let reply = match self.take(&batch) {
+                        Ok(_) => Reply::Ack(batch.frame.seq),
+                        Err(refusal) => self.refusal(&batch, refusal),
+                    };
+                    let _ = batch.reply.send(reply);
                 }
             }
-        }
-        // Graceful stop: the listener is closed; take what connections already handed over.
-        rx.close();
-        while let Ok(batch) = rx.try_recv() {
-            self.accept(batch);
-        }
-        let never = CancellationToken::new();
-        let deadline = tokio::time::sleep(Duration::from_secs(30));
-        tokio::select! {
-            () = self.flush(&never) => {}
-            () = deadline => tracing::warn!(
-                pending = self.pending.len(),
-                "shutdown: database did not accept the final flush within 30s; those batches stay unacked and publishers will re-send them"
-            ),
         }
     }
 
     fn accept(&mut self, batch: IncomingBatch) {
         let key = batch.key();
-        if let Some(&i) = self.pending_index.get(&key) {
+        match self.index.get(&key) {
             // The same batch again (a publisher re-sent it here before our ack arrived): fold it
             // once, ack both routes.
-            self.pending[i].also_reply.push(batch.reply);
-            return;
+            Some(Loc::Pending(i)) => {
+                self.pending[*i].also_reply.push(batch.reply);
+                return;
+            }
+            Some(Loc::InFlight(i)) => {
+                self.in_flight[*i].also_reply.push(batch.reply);
+                return;
+            }
+            None => {}
         }
-        match record(
-            &mut self.aggregators,
-            &self.by_stream,
-            &self.catalog,
-            &batch,
-        ) {
+        match self.take(&batch) {
             Ok(n) => {
                 self.pending_events += n;
                 self.metrics
                     .pending_events
                     .fetch_add(i64::try_from(n).unwrap_or(0), Ordering::Relaxed);
-                self.pending_index.insert(key, self.pending.len());
+                self.index.insert(key, Loc::Pending(self.pending.len()));
                 self.pending.push(Pending {
                     batch,
+                    events: n,
                     also_reply: Vec::new(),
                 });
             }
-            Err(e) => {
-                // Validated by the connection task already; reaching here means a bug, not input.
-                tracing::error!(error = %e, "batch failed to decode after validation; rejecting it");
-                // Events recorded before the error are in the aggregators: rebuild without it.
-                self.rebuild();
-                Metrics::add(&self.metrics.batches_rejected, 1);
-                let _ = batch.reply.send(Reply::Reject(
-                    batch.frame.seq,
-                    RejectCode::Invalid,
-                    e.to_string(),
-                ));
+            Err(refusal) => {
+                let reply = self.refusal(&batch, refusal);
+                let _ = batch.reply.send(reply);
             }
         }
     }
 
-    /// Commits everything pending. Returns when it is committed (or shutdown is requested while
-    /// the database is unavailable).
-    async fn flush(&mut self, shutdown: &CancellationToken) {
-        if self.pending.is_empty() {
-            return;
+    /// Decodes and checks every event of `batch` (once), then folds them all into the
+    /// aggregators; a batch with one bad event is folded not at all. Returns the event count.
+    fn take(&mut self, batch: &IncomingBatch) -> Result<usize, Refusal> {
+        let mut values = recycle(std::mem::take(&mut self.values));
+        let result = decode_checked(
+            &self.catalog,
+            self.settings.max_string_len,
+            batch,
+            &mut values,
+        );
+        if let Ok(n) = result {
+            fold(
+                &mut self.aggregators,
+                &self.by_stream,
+                &self.catalog,
+                batch,
+                &values,
+                n,
+            );
         }
-        let mut deltas = drain(&mut self.aggregators);
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let ids: Vec<BatchId> = self.pending.iter().map(|p| p.batch.batch_id()).collect();
+        self.values = recycle(values);
+        result
+    }
+
+    /// The reply to a refused batch, counted.
+    fn refusal(&self, batch: &IncomingBatch, refusal: Refusal) -> Reply {
+        match refusal {
+            Refusal::Reject(code, reason) => {
+                Metrics::add(&self.metrics.batches_rejected, 1);
+                Reply::Reject(batch.frame.seq, code, reason)
+            }
+            Refusal::Malformed(code, message) => Reply::Malformed(code, message),
+        }
+    }
+
+    /// Finest-granularity rows folded and not drained yet, over every aggregator.
+    fn pending_rows(&self) -> usize {
+        self.aggregators.iter().map(Aggregator::pending_rows).sum()
+    }
+
+    /// Drains the pending batches into a commit task, when a flush is due and there is
+    /// something to commit (the caller knows no commit is in flight).
+    fn start_commit(&mut self) -> Option<CommitTask> {
+        if !self.due || self.pending.is_empty() {
+            return None;
+        }
+        self.due = false;
+        debug_assert!(self.in_flight.is_empty());
+        let deltas = drain(&mut self.aggregators);
+        self.in_flight = std::mem::take(&mut self.pending);
+        self.in_flight_events = std::mem::take(&mut self.pending_events);
+        for (i, p) in self.in_flight.iter().enumerate() {
+            self.index.insert(p.batch.key(), Loc::InFlight(i));
+        }
+        let ids = self.in_flight.iter().map(|p| p.batch.batch_id()).collect();
+        Some(self.spawn_commit(ids, deltas, Duration::ZERO, FIRST_BACKOFF))
+    }
+
+    fn spawn_commit(
+        &self,
+        ids: Vec<BatchId>,
+        deltas: Vec<Delta>,
+        delay: Duration,
+        backoff: Duration,
+    ) -> CommitTask {
+        let store = self.store.clone();
+        let catalog = Arc::clone(&self.catalog);
+        let shard = self.settings.shard_id.clone();
+        tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let started = Instant::now();
             let outcome = {
-                let pairs: Vec<_> = self.catalog.layouts.iter().zip(deltas.iter()).collect();
-                self.store
-                    .commit(&self.settings.shard_id, &ids, &pairs)
-                    .await
+                let pairs: Vec<_> = catalog.layouts.iter().zip(deltas.iter()).collect();
+                store.commit(&shard, &ids, &pairs).await
             };
-            match outcome {
-                Ok(CommitOutcome::Committed) => {
-                    self.metrics.database_up.store(true, Ordering::Relaxed);
-                    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    self.metrics
-                        .last_commit_micros
-                        .store(micros, Ordering::Relaxed);
-                    Metrics::add(&self.metrics.commits, 1);
-                    Metrics::add(
-                        &self.metrics.rows_written,
-                        deltas.iter().map(|d| d.row_count() as u64).sum(),
+            CommitDone {
+                outcome,
+                ids,
+                deltas,
+                micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                backoff,
+            }
+        })
+    }
+
+    /// Handles the end of the commit in flight; returns the next commit task (a retry, or the
+    /// next flush if one is due).
+    async fn finished(
+        &mut self,
+        done: Result<CommitDone, tokio::task::JoinError>,
+        shutdown: &CancellationToken,
+    ) -> Option<CommitTask> {
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                // The commit task panicked or was aborted: its batches stay unacked; fold them
+                // back so the next flush commits them (a commit that did go through comes back
+                // as duplicates).
+                tracing::error!(error = %e, "commit task failed; retrying its batches");
+                self.return_in_flight();
+                return self.start_commit();
+            }
+        };
+        match done.outcome {
+            Ok(CommitOutcome::Committed) => {
+                self.last_commit = Duration::from_micros(done.micros);
+                self.metrics.database_up.store(true, Ordering::Relaxed);
+                self.metrics
+                    .last_commit_micros
+                    .store(done.micros, Ordering::Relaxed);
+                Metrics::add(&self.metrics.commits, 1);
+                Metrics::add(
+                    &self.metrics.rows_written,
+                    done.deltas.iter().map(|d| d.row_count() as u64).sum(),
+                );
+                Metrics::add(&self.metrics.batches_committed, self.in_flight.len() as u64);
+                Metrics::add(&self.metrics.events_committed, self.in_flight_events as u64);
+                tracing::debug!(
+                    batches = self.in_flight.len(),
+                    events = self.in_flight_events,
+                    micros = done.micros,
+                    "committed"
+                );
+                self.ack_in_flight();
+                self.start_commit()
+            }
+            Ok(CommitOutcome::Duplicates(dups)) => {
+                self.metrics.database_up.store(true, Ordering::Relaxed);
+                tracing::debug!(
+                    count = dups.len(),
+                    "batches already committed elsewhere; acking them without counting"
+                );
+                let found = self.ack_duplicates(&dups);
+                if self.in_flight.is_empty() {
+                    return self.start_commit();
+                }
+                let deltas = self.refold_in_flight();
+                let ids = self.in_flight.iter().map(|p| p.batch.batch_id()).collect();
+                if found == 0 {
+                    // The store named none of ours: never spin on that, back off instead.
+                    tracing::warn!(
+                        ?dups,
+                        "commit reported duplicates that are not in flight here; retrying"
                     );
-                    Metrics::add(&self.metrics.batches_committed, self.pending.len() as u64);
-                    Metrics::add(&self.metrics.events_committed, self.pending_events as u64);
-                    tracing::debug!(
-                        batches = self.pending.len(),
-                        events = self.pending_events,
-                        micros,
-                        "committed"
-                    );
-                    self.ack_all();
-                    return;
+                    let next = (done.backoff * 2).min(MAX_BACKOFF);
+                    return Some(self.spawn_commit(ids, deltas, done.backoff, next));
                 }
-                Ok(CommitOutcome::Duplicates(dups)) => {
-                    self.metrics.database_up.store(true, Ordering::Relaxed);
-                    tracing::debug!(
-                        count = dups.len(),
-                        "batches already committed elsewhere; acking them without counting"
-                    );
-                    let found = self.ack_duplicates(&dups);
-                    self.rebuild();
-                    if self.pending.is_empty() {
-                        return;
-                    }
-                    if found == 0 {
-                        // The store named none of ours: never spin on that, back off instead.
-                        tracing::warn!(
-                            ?dups,
-                            "commit reported duplicates that are not pending here; retrying"
-                        );
-                        tokio::select! {
-                            () = tokio::time::sleep(backoff) => {}
-                            () = shutdown.cancelled() => return,
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                    deltas = drain(&mut self.aggregators);
+                if self.in_flight.is_empty() {
+                    return self.start_commit();
                 }
-                Err(e) if e.is_retriable() => {
-                    self.metrics.database_up.store(false, Ordering::Relaxed);
-                    Metrics::add(&self.metrics.commit_failures, 1);
-                    tracing::warn!(error = %e, retry_in = ?backoff, pending = self.pending.len(), "commit failed; holding acks and retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = shutdown.cancelled() => {
-                            // Put the deltas back so the final flush retries them.
-                            self.rebuild();
-                            return;
-                        }
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    Metrics::add(&self.metrics.commit_failures, 1);
-                    tracing::error!(error = %e, pending = self.pending.len(), "commit failed permanently; committing batches one at a time to isolate the cause");
-                    self.commit_one_by_one(shutdown).await;
-                    return;
-                }
+                Some(self.spawn_commit(ids, deltas, Duration::ZERO, FIRST_BACKOFF))
+            }
+            Err(e) if e.is_retriable() => {
+                self.metrics.database_up.store(false, Ordering::Relaxed);
+                Metrics::add(&self.metrics.commit_failures, 1);
+                tracing::warn!(error = %e, retry_in = ?done.backoff, batches = self.in_flight.len(), "commit failed; holding acks and retrying");
+                let next = (done.backoff * 2).min(MAX_BACKOFF);
+                Some(self.spawn_commit(done.ids, done.deltas, done.backoff, next))
+            }
+            Err(e) => {
+                Metrics::add(&self.metrics.commit_failures, 1);
+                tracing::error!(error = %e, batches = self.in_flight.len(), "commit failed permanently; committing batches one at a time to isolate the cause");
+                self.commit_one_by_one(shutdown).await;
+                self.start_commit()
             }
         }
     }
 
-    /// Commits pending batches individually: the ones that fail for good are rejected, the
-    /// others commit. A retriable error retries the same batch; a shutdown meanwhile leaves the
-    /// batches not yet committed pending (re-folded), for the final flush.
+    /// Commits the in-flight batches individually: the ones that fail for good are rejected,
+    /// the others commit. A retriable error retries the same batch; a shutdown meanwhile folds
+    /// the batches not yet committed back into pending, for the final flush.
     async fn commit_one_by_one(&mut self, shutdown: &CancellationToken) {
+        self.index.retain(|_, loc| !matches!(loc, Loc::InFlight(_)));
         let mut queue: std::collections::VecDeque<Pending> =
-            std::mem::take(&mut self.pending).into();
-        let mut backoff = Duration::from_millis(50);
+            std::mem::take(&mut self.in_flight).into();
+        self.in_flight_events = 0;
+        let mut backoff = FIRST_BACKOFF;
         'batches: while let Some(p) = queue.pop_front() {
             let mut aggregators = self.catalog.aggregators();
             let n = match record(&mut aggregators, &self.by_stream, &self.catalog, &p.batch) {
                 Ok(n) => n,
                 Err(e) => {
+                    self.settle(&p);
                     Metrics::add(&self.metrics.batches_rejected, 1);
                     p.reply(&Reply::Reject(
                         p.batch.frame.seq,
@@ -335,11 +548,13 @@ impl Ingest {
                     Ok(CommitOutcome::Committed) => {
                         Metrics::add(&self.metrics.batches_committed, 1);
                         Metrics::add(&self.metrics.events_committed, n as u64);
+                        self.settle(&p);
                         p.reply(&Reply::Ack(p.batch.frame.seq));
                         continue 'batches;
                     }
                     Ok(CommitOutcome::Duplicates(_)) => {
                         Metrics::add(&self.metrics.batches_duplicate, 1);
+                        self.settle(&p);
                         p.reply(&Reply::Ack(p.batch.frame.seq));
                         continue 'batches;
                     }
@@ -353,54 +568,146 @@ impl Ingest {
                                 break 'batches;
                             }
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                     Err(e) => {
+                        self.settle(&p);
                         reject(&self.metrics, p, &e);
                         continue 'batches;
                     }
                 }
             }
         }
-        self.pending = queue.into();
-        self.rebuild();
+        // Interrupted by a shutdown: what is left goes back to pending for the final flush.
+        for p in queue {
+            self.fold_back(p);
+        }
     }
 
-    fn ack_all(&mut self) {
-        for p in self.pending.drain(..) {
-            p.reply(&Reply::Ack(p.batch.frame.seq));
-        }
-        self.pending_index.clear();
-        let n = std::mem::take(&mut self.pending_events);
+    /// A batch leaves the worker (acked or rejected): no longer counted as held.
+    fn settle(&self, p: &Pending) {
         self.metrics
             .pending_events
-            .fetch_sub(i64::try_from(n).unwrap_or(0), Ordering::Relaxed);
+            .fetch_sub(i64::try_from(p.events).unwrap_or(0), Ordering::Relaxed);
     }
 
-    /// Acks the pending batches named in `dups` (committed already, by anyone) and drops them.
-    /// Returns how many were found.
+    /// Acks every in-flight batch (their commit went through).
+    fn ack_in_flight(&mut self) {
+        for p in std::mem::take(&mut self.in_flight) {
+            self.index.remove(&p.batch.key());
+            self.settle(&p);
+            p.reply(&Reply::Ack(p.batch.frame.seq));
+        }
+        self.in_flight_events = 0;
+    }
+
+    /// Acks the in-flight batches named in `dups` (committed already, by anyone) and drops
+    /// them. Returns how many were found.
     fn ack_duplicates(&mut self, dups: &[BatchId]) -> usize {
         let dup_keys: std::collections::HashSet<(&str, u64)> = dups
             .iter()
             .map(|d| (d.publisher_id.as_str(), d.seq))
             .collect();
-        let before = self.pending.len();
-        self.pending.retain(|p| {
-            let dup = dup_keys.contains(&(&*p.batch.publisher_id, p.batch.frame.seq));
-            if dup {
+        let mut kept = Vec::with_capacity(self.in_flight.len());
+        let mut found = 0;
+        for p in std::mem::take(&mut self.in_flight) {
+            if dup_keys.contains(&(&*p.batch.publisher_id, p.batch.frame.seq)) {
+                found += 1;
+                self.index.remove(&p.batch.key());
+                self.in_flight_events -= p.events;
+                self.settle(&p);
                 p.reply(&Reply::Ack(p.batch.frame.seq));
+            } else {
+                kept.push(p);
             }
-            !dup
-        });
-        let found = before - self.pending.len();
+        }
+        self.in_flight = kept;
+        for (i, p) in self.in_flight.iter().enumerate() {
+            self.index.insert(p.batch.key(), Loc::InFlight(i));
+        }
         Metrics::add(&self.metrics.batches_duplicate, found as u64);
         found
     }
 
-    /// Re-folds every pending batch into fresh aggregators (after duplicates were removed, or a
-    /// drain whose deltas were not committed).
+    /// The deltas of the in-flight batches alone, folded again from their frames (after some
+    /// of them turned out to be duplicates). A batch that no longer decodes is rejected.
+    fn refold_in_flight(&mut self) -> Vec<Delta> {
+        let mut aggregators = self.catalog.aggregators();
+        let mut kept = Vec::with_capacity(self.in_flight.len());
+        for p in std::mem::take(&mut self.in_flight) {
+            let mut one = self.catalog.aggregators();
+            match record(&mut one, &self.by_stream, &self.catalog, &p.batch) {
+                Ok(_) => {
+                    // Folded again below into the shared set (a failed decode must not leave
+                    // half a batch in it).
+                    kept.push(p);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "in-flight batch failed to decode on rebuild; rejecting it");
+                    self.index.remove(&p.batch.key());
+                    self.in_flight_events -= p.events;
+                    self.settle(&p);
+                    Metrics::add(&self.metrics.batches_rejected, 1);
+                    p.reply(&Reply::Reject(
+                        p.batch.frame.seq,
+                        RejectCode::Invalid,
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+        for p in &kept {
+            // Decoded successfully just above.
+            let _ = record(&mut aggregators, &self.by_stream, &self.catalog, &p.batch);
+        }
+        self.in_flight = kept;
+        for (i, p) in self.in_flight.iter().enumerate() {
+            self.index.insert(p.batch.key(), Loc::InFlight(i));
+        }
+        drain(&mut aggregators)
+    }
+
+    /// Puts every in-flight batch back into pending (folded into the current aggregators).
+    fn return_in_flight(&mut self) {
+        self.in_flight_events = 0;
+        for p in std::mem::take(&mut self.in_flight) {
+            self.fold_back(p);
+        }
+    }
+
+    /// Folds a batch that was in flight into the current aggregators, as pending.
+    fn fold_back(&mut self, p: Pending) {
+        let key = p.batch.key();
+        match record(
+            &mut self.aggregators,
+            &self.by_stream,
+            &self.catalog,
+            &p.batch,
+        ) {
+            Ok(n) => {
+                self.pending_events += n;
+                self.index.insert(key, Loc::Pending(self.pending.len()));
+                self.pending.push(p);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "batch failed to decode when folded back; rejecting it");
+                self.index.remove(&key);
+                self.rebuild();
+                self.settle(&p);
+                Metrics::add(&self.metrics.batches_rejected, 1);
+                p.reply(&Reply::Reject(
+                    p.batch.frame.seq,
+                    RejectCode::Invalid,
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+
+    /// Re-folds every pending batch into fresh aggregators (after a batch failed to decode
+    /// half-way through).
     fn rebuild(&mut self) {
-        let events = loop {
+        loop {
             self.aggregators = self.catalog.aggregators();
             let mut events = 0;
             let mut failed = None;
@@ -418,27 +725,41 @@ impl Ingest {
                     }
                 }
             }
-            let Some((i, e)) = failed else { break events };
+            let Some((i, e)) = failed else {
+                self.pending_events = events;
+                break;
+            };
             // Unreachable for validated batches; never let one poison the others.
             tracing::error!(error = %e, "pending batch failed to decode on rebuild; rejecting it");
             let p = self.pending.remove(i);
+            self.settle(&p);
             Metrics::add(&self.metrics.batches_rejected, 1);
             let _ = p.batch.reply.send(Reply::Reject(
                 p.batch.frame.seq,
                 RejectCode::Invalid,
                 e.to_string(),
             ));
-        };
-        self.pending_index = self
-            .pending
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.batch.key(), i))
-            .collect();
-        self.pending_events = events;
-        self.metrics
-            .pending_events
-            .store(i64::try_from(events).unwrap_or(i64::MAX), Ordering::Relaxed);
+        }
+        self.index.retain(|_, loc| !matches!(loc, Loc::Pending(_)));
+        for (i, p) in self.pending.iter().enumerate() {
+            self.index.insert(p.batch.key(), Loc::Pending(i));
+        }
+    }
+}
+
+/// Time between the starts of two flushes: the flush interval less the duration of the last
+/// commit (so a batch is committed about one interval after it arrives), but at least a quarter
+/// of the interval. A database slower than that makes commits run back to back.
+fn flush_spacing(period: Duration, last_commit: Duration) -> Duration {
+    period.saturating_sub(last_commit).max(period / 4)
+}
+
+/// Waits for the commit task, if there is one (the handle stays in place, so a `select!` that
+/// drops this future loses nothing; the caller replaces it once it has finished).
+async fn wait(task: &mut Option<CommitTask>) -> Result<CommitDone, tokio::task::JoinError> {
+    match task.as_mut() {
+        Some(t) => t.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -456,28 +777,79 @@ fn drain(aggregators: &mut [Aggregator]) -> Vec<Delta> {
     aggregators.iter_mut().map(Aggregator::drain).collect()
 }
 
-/// Folds one batch's events into the aggregators of its stream. Returns the event count.
+/// Folds one batch's events into the aggregators of its stream, decoding them again from its
+/// frame (a batch taken once already: refolds after duplicates, retries). Returns the event
+/// count.
 fn record(
     aggregators: &mut [Aggregator],
     by_stream: &[Vec<usize>],
     catalog: &Catalog,
     batch: &IncomingBatch,
 ) -> Result<usize, ProtocolError> {
-    let width = catalog.streams()[batch.stream].attributes.len();
-    let targets = &by_stream[batch.stream];
-    let mut columns: Vec<ValueRef<'_>> = Vec::with_capacity(batch.positions.len());
-    let mut row: Vec<ValueRef<'_>> = vec![ValueRef::Null; width];
+    let mut values: Vec<ValueRef<'_>> = Vec::new();
+    let mut event: Vec<ValueRef<'_>> = Vec::with_capacity(batch.positions.len());
     let mut reader = batch.frame.reader();
     let mut n = 0;
-    while reader.next_event(&mut columns)? {
+    while reader.next_event(&mut event)? {
+        values.extend_from_slice(&event);
+        n += 1;
+    }
+    fold(aggregators, by_stream, catalog, batch, &values, n);
+    Ok(n)
+}
+
+/// Folds `n` decoded events of `batch` (`values`: one value per batch column, event after
+/// event) into the aggregators of its stream.
+fn fold(
+    aggregators: &mut [Aggregator],
+    by_stream: &[Vec<usize>],
+    catalog: &Catalog,
+    batch: &IncomingBatch,
+    values: &[ValueRef<'_>],
+    n: usize,
+) {
+    let width = catalog.streams()[batch.stream].attributes.len();
+    let targets = &by_stream[batch.stream];
+    let columns = batch.positions.len();
+    let mut row: Vec<ValueRef<'_>> = vec![ValueRef::Null; width];
+    for i in 0..n {
         row.fill(ValueRef::Null);
-        for (value, &pos) in columns.iter().zip(batch.positions.iter()) {
+        let event = values.get(i * columns..(i + 1) * columns).unwrap_or(&[]);
+        for (value, &pos) in event.iter().zip(batch.positions.iter()) {
             row[pos] = *value;
         }
         for &a in targets {
             aggregators[a].record(&row, batch.received_ms);
         }
-        n += 1;
     }
-    Ok(n)
+}
+
+/// Empties a vector of value references and gives its allocation back under any lifetime (an
+/// in-place collect: no allocation).
+fn recycle<'b>(mut v: Vec<ValueRef<'_>>) -> Vec<ValueRef<'b>> {
+    v.clear();
+    v.into_iter().map(|_| ValueRef::Null).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flushes_start_early_by_the_last_commit_but_not_too_often() {
+        let p = Duration::from_millis(200);
+        assert_eq!(flush_spacing(p, Duration::ZERO), p);
+        assert_eq!(
+            flush_spacing(p, Duration::from_millis(60)),
+            Duration::from_millis(140)
+        );
+        assert_eq!(
+            flush_spacing(p, Duration::from_millis(190)),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            flush_spacing(p, Duration::from_secs(3)),
+            Duration::from_millis(50)
+        );
+    }
 }

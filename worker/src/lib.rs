@@ -11,14 +11,15 @@
 //! - [`query`]: store-query parsing and shard-merging evaluation.
 //! - [`store`]: the SQL backends, dedup table, shard registry and leases.
 //! - [`catalog`]: a loaded app with the layouts of its aggregations.
-//! - `server` / `tls` / `ingest`: the TCP side (TLS, handshake, validation) and the task that
-//!   aggregates and commits exactly once; [`node`] starts and stops them with the lease and HTTP
-//!   tasks.
+//! - `server` / `tls` / `ingest` / `check`: the TCP side (TLS, handshake, framing), the task
+//!   that decodes, checks and aggregates batches and commits them exactly once, and the checks
+//!   on values; [`node`] starts and stops them with the lease and HTTP tasks.
 //! - [`retrieve`], [`http`] (with `http_listener`: connection limit and idle timeout),
 //!   [`metrics`], [`cli`]: queries, the HTTP API, Prometheus metrics, the command line.
 
 pub mod bucket;
 pub mod catalog;
+mod check;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -207,6 +207,9 @@ async fn serve_with_lease(
             shard_id: config.shard_id.clone(),
             flush_interval: config.flush_interval,
             max_pending_events: config.max_pending_events,
+            max_pending_rows: config.max_pending_rows,
+            max_string_len: MAX_STRING_LEN,
+            discard: config.discard_events,
         },
         metrics.clone(),
     );
@@ -221,7 +224,6 @@ async fn serve_with_lease(
         max_connections: config.max_connections,
         handshake_timeout: config.handshake_timeout,
         idle_timeout: config.idle_timeout,
-        max_string_len: MAX_STRING_LEN,
         tls: config.tls.clone(),
     };
     let server_task = tokio::spawn(serve(

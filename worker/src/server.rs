@@ -6,7 +6,7 @@
 //! ```text
 //! accept ─▶ [TLS listener: first byte 0x16? TLS handshake : ERROR TlsRequired]
 //!        ─▶ HELLO within handshake_timeout? ─▶ version ok? ─▶ token ok? ─▶ WELCOME
-//!        ─▶ loop { BATCH ─▶ validate ─▶ ingest channel (bounded: a slow database stops reads here)
+//!        ─▶ loop { BATCH ─▶ map columns ─▶ ingest channel (bounded: a slow database stops reads here)
 //!                 PING ─▶ PONG;  ack/reject from ingest ─▶ ACK/REJECT;  idle too long ─▶ ERROR, close }
 //! ```
 //! A malformed or oversized frame, an unexpected frame kind, a bad version or token: an `ERROR`
@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use shardtally_publisher::protocol::{
     BatchFrame, ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, ProtocolError, RejectCode,
-    StreamSchema, ValueRef, Welcome,
+    StreamSchema, Welcome,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,7 +36,6 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::Catalog;
 use crate::ingest::{IncomingBatch, Reply};
 use crate::metrics::Metrics;
-use crate::store::{ColumnRef, check_value};
 
 /// Limits and identity the server needs.
 #[derive(Debug, Clone)]
@@ -49,8 +48,6 @@ pub(crate) struct ServerSettings {
     pub(crate) max_connections: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
-    /// Longest string value accepted (what the database columns hold).
-    pub(crate) max_string_len: usize,
     /// When set, publishers must speak TLS.
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -353,6 +350,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(());
             }
             Some(reply) = reply_rx.recv() => {
+                if let Reply::Malformed(_, message) = &reply {
+                    Metrics::add(&shared.metrics.protocol_errors, 1);
+                    let message = message.clone();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(reply_frame(reply))).await;
+                    return Err(message);
+                }
                 write(framed, reply_frame(reply), s.idle_timeout).await?;
             }
             () = tokio::time::sleep_until(idle_deadline) => {
@@ -388,9 +391,6 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                                 Metrics::add(&shared.metrics.batches_rejected, 1);
                                 write(framed, Frame::Reject { seq: batch.seq, code, reason }, s.idle_timeout).await?;
                             }
-                            Err(Check::Malformed(e)) => {
-                                return Err(protocol_error(shared, framed, &e).await);
-                            }
                         }
                     }
                     Some(Ok(Frame::Ping { nonce })) => {
@@ -424,17 +424,17 @@ fn reply_frame(reply: Reply) -> Frame {
     match reply {
         Reply::Ack(seq) => Frame::Ack { seq },
         Reply::Reject(seq, code, reason) => Frame::Reject { seq, code, reason },
+        Reply::Malformed(code, message) => Frame::Error { code, message },
     }
 }
 
 enum Check {
     /// The batch is well-formed but can never be accepted.
     Reject(RejectCode, String),
-    /// The bytes are not a valid batch: close the connection.
-    Malformed(ProtocolError),
 }
 
-/// Maps the batch's columns onto the stream schema and checks every value.
+/// Maps the batch's columns onto the stream schema (its values are checked by the ingest task,
+/// in the pass that decodes them: `check`).
 fn check_batch(shared: &Shared, batch: &BatchFrame) -> Result<(usize, Arc<[usize]>), Check> {
     let catalog = &shared.catalog;
     let Some(stream) = catalog.stream_index(&batch.stream) else {
@@ -479,75 +479,7 @@ fn check_batch(shared: &Shared, batch: &BatchFrame) -> Result<(usize, Arc<[usize
         }
         positions.push(p);
     }
-    // The batch column (if any) carrying each group-by key, resolved once per batch.
-    let keys: Vec<(Option<usize>, usize, usize, usize)> = catalog
-        .key_columns(stream)
-        .iter()
-        .map(|&(pos, agg, key)| (positions.iter().position(|&p| p == pos), pos, agg, key))
-        .collect();
-    let mut values: Vec<ValueRef<'_>> = Vec::with_capacity(positions.len());
-    let mut reader = batch.reader();
-    let mut index = 0u32;
-    loop {
-        match reader.next_event(&mut values) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => return Err(Check::Malformed(e)),
-        }
-        for (v, &p) in values.iter().zip(&positions) {
-            if let Err(reason) = schema.check_value(p, *v) {
-                return Err(Check::Reject(
-                    RejectCode::SchemaMismatch,
-                    format!("event #{index}: {reason}"),
-                ));
-            }
-            if let Err(reason) = check_stored_value(*v, shared.settings.max_string_len) {
-                return Err(Check::Reject(
-                    RejectCode::Invalid,
-                    format!(
-                        "event #{index}: {}.{}: {reason}",
-                        schema.name, schema.attributes[p].name
-                    ),
-                ));
-            }
-        }
-        for &(column, pos, agg, key) in &keys {
-            let value = column.map_or(ValueRef::Null, |i| values[i]);
-            if let Err(e) = check_value(&catalog.layouts[agg], ColumnRef::Key(key), value) {
-                return Err(Check::Reject(
-                    RejectCode::Invalid,
-                    format!(
-                        "event #{index}: {}.{} is a group-by key of {}: {e}",
-                        schema.name, schema.attributes[pos].name, catalog.layouts[agg].aggregation
-                    ),
-                ));
-            }
-        }
-        index += 1;
-    }
     Ok((stream, positions.into()))
-}
-
-/// What every backend can store: strings of at most `max_chars` characters without NUL, finite
-/// floating-point numbers.
-fn check_stored_value(v: ValueRef<'_>, max_chars: usize) -> Result<(), String> {
-    match v {
-        ValueRef::String(text) => {
-            if text.contains('\0') {
-                return Err("strings must not contain NUL characters".into());
-            }
-            let chars = text.chars().count();
-            if chars > max_chars {
-                return Err(format!(
-                    "{chars} characters; the store holds at most {max_chars}"
-                ));
-            }
-            Ok(())
-        }
-        ValueRef::Float(x) if !x.is_finite() => Err(format!("{x} is not a finite number")),
-        ValueRef::Double(x) if !x.is_finite() => Err(format!("{x} is not a finite number")),
-        _ => Ok(()),
-    }
 }
 
 /// Compares secrets without an early exit on the first differing byte.

@@ -1,5 +1,6 @@
 //! Integration tests of the loadgen library and binary (one crate; a module per topic).
 
+mod bench_cli;
 mod common;
 mod expected_totals;
 mod fuzz;

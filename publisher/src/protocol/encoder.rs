@@ -13,7 +13,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::frame::{LEN_PREFIX, ProtocolError, kind, put_str, put_value, value_len};
+use super::frame::{LEN_PREFIX, ProtocolError, kind, put_str, value_len};
 use super::value::ValueRef;
 
 const SEQ_AT: usize = LEN_PREFIX + 1;
@@ -102,12 +102,24 @@ impl BatchEncoder {
                 len: u32::MAX as usize + 1,
             });
         }
-        let start = self.buf.len();
+        let mut len = 0;
         for v in values {
-            if let Err(e) = put_value(&mut self.buf, v) {
-                self.buf.truncate(start);
-                return Err(e);
+            if let ValueRef::String(text) = v
+                && u32::try_from(text.len()).is_err()
+            {
+                return Err(ProtocolError::FieldTooLong {
+                    what: "string value",
+                    len: text.len(),
+                });
             }
+            len += value_len(v);
+        }
+        // One bounds check for the whole event, then plain copies into the frame.
+        let start = self.buf.len();
+        self.buf.resize(start + len, 0);
+        let mut out = &mut self.buf[start..];
+        for v in values {
+            out = write_value(out, v);
         }
         self.count += 1;
         Ok(())
@@ -161,6 +173,49 @@ impl BatchEncoder {
         let count_at = self.header.len() - 4;
         self.buf[count_at..count_at + 4].copy_from_slice(&self.count.to_be_bytes());
         self.buf.freeze()
+    }
+}
+
+/// Writes one value — `u8 tag | payload`, big-endian, strings as `u32 len | UTF-8` (PROTOCOL.md)
+/// — at the start of `out`, which has room for it ([`value_len`]); returns the rest of `out`.
+/// Strings are shorter than 4 GiB (checked by the caller).
+fn write_value<'o>(out: &'o mut [u8], v: &ValueRef<'_>) -> &'o mut [u8] {
+    fn put<'o>(out: &'o mut [u8], bytes: &[u8]) -> &'o mut [u8] {
+        let (head, tail) = out.split_at_mut(bytes.len());
+        head.copy_from_slice(bytes);
+        tail
+    }
+    let (tag, rest) = out.split_at_mut(1);
+    match *v {
+        ValueRef::Null => {
+            tag[0] = 0;
+            rest
+        }
+        ValueRef::String(s) => {
+            tag[0] = 1;
+            let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+            put(put(rest, &len.to_be_bytes()), s.as_bytes())
+        }
+        ValueRef::Int(x) => {
+            tag[0] = 2;
+            put(rest, &x.to_be_bytes())
+        }
+        ValueRef::Long(x) => {
+            tag[0] = 3;
+            put(rest, &x.to_be_bytes())
+        }
+        ValueRef::Float(x) => {
+            tag[0] = 4;
+            put(rest, &x.to_bits().to_be_bytes())
+        }
+        ValueRef::Double(x) => {
+            tag[0] = 5;
+            put(rest, &x.to_bits().to_be_bytes())
+        }
+        ValueRef::Bool(x) => {
+            tag[0] = 6;
+            put(rest, &[u8::from(x)])
+        }
     }
 }
 

@@ -696,39 +696,6 @@ pub fn value_len(v: &ValueRef<'_>) -> usize {
     }
 }
 
-/// Appends one value (`u8 tag | payload`). Strings must be shorter than 4 GiB (checked by the
-/// caller through [`value_len`] against the frame limit).
-pub(crate) fn put_value(dst: &mut BytesMut, v: &ValueRef<'_>) -> Result<(), ProtocolError> {
-    match *v {
-        ValueRef::Null => dst.put_u8(0),
-        ValueRef::String(s) => {
-            dst.put_u8(1);
-            put_str(dst, s, "string value")?;
-        }
-        ValueRef::Int(x) => {
-            dst.put_u8(2);
-            dst.put_i32(x);
-        }
-        ValueRef::Long(x) => {
-            dst.put_u8(3);
-            dst.put_i64(x);
-        }
-        ValueRef::Float(x) => {
-            dst.put_u8(4);
-            dst.put_u32(x.to_bits());
-        }
-        ValueRef::Double(x) => {
-            dst.put_u8(5);
-            dst.put_u64(x.to_bits());
-        }
-        ValueRef::Bool(x) => {
-            dst.put_u8(6);
-            dst.put_u8(u8::from(x));
-        }
-    }
-    Ok(())
-}
-
 /// A bounds-checked big-endian reader over a byte slice.
 struct Cursor<'a> {
     buf: &'a [u8],

@@ -1,14 +1,18 @@
 //! The incremental aggregator: folds events into partial aggregates per bucket and group, and
 //! hands them out as [`Delta`]s.
 //!
-//! Events fold into the layout's finest granularity only — one hash lookup per event, by borrowed
-//! values, without allocating for a group already seen. [`Aggregator::drain`] rolls the finest
-//! rows up into every coarser granularity, so all granularities of one delta agree by
-//! construction (calendar buckets nest: seconds ⊂ minutes ⊂ … ⊂ years).
+//! Events fold into the layout's finest granularity only. Group-by values are interned once per
+//! distinct group (a lookup by borrowed values, no allocation for a group already seen — groups
+//! stay interned across drains), and rows are keyed by `(bucket, group id)`: two hash lookups
+//! per event, no string copies. Row state lives in flat vectors, so a new row allocates only
+//! what its latest values own. [`Aggregator::drain`] orders the groups once, then sorts and
+//! rolls the finest rows up into every coarser granularity on integers, so all granularities of
+//! one delta agree by construction (calendar buckets nest: seconds ⊂ minutes ⊂ … ⊂ years).
 
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hasher};
 
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::hash_map::Entry;
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use shardtally_publisher::protocol::{AttrType, Value, ValueRef};
 
 use super::plan::{Fold, plan};
@@ -74,78 +78,119 @@ struct MeasureFold {
     arg: Arg,
 }
 
-/// A finest-granularity row's identity: bucket start and group-by values.
-#[derive(Debug, Clone)]
-struct RowKey {
-    bucket: i64,
-    keys: Box<[Value]>,
+/// Interned group-by value tuples: each distinct tuple gets a dense id, kept across drains (up
+/// to [`GROUPS_RETAINED`] of them).
+#[derive(Debug, Clone, Default)]
+struct Groups {
+    hasher: DefaultHashBuilder,
+    /// Ids, hashed by their values.
+    table: HashTable<u32>,
+    /// Values by id.
+    keys: Vec<Box<[Value]>>,
 }
 
-impl Hash for RowKey {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_i64(self.bucket);
-        for k in &self.keys {
-            hash_key_value(k.as_ref(), h);
+/// Interned groups kept across drains; past this many, a drain forgets them all.
+const GROUPS_RETAINED: usize = 1 << 20;
+
+impl Groups {
+    fn hash_event(&self, event: &[ValueRef<'_>], key_idx: &[usize]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        for &i in key_idx {
+            hash_key_value(event.get(i).copied().unwrap_or(ValueRef::Null), &mut h);
         }
+        h.finish()
     }
-}
 
-impl PartialEq for RowKey {
-    fn eq(&self, other: &RowKey) -> bool {
-        self.bucket == other.bucket
-            && self.keys.len() == other.keys.len()
-            && self
-                .keys
-                .iter()
-                .zip(&other.keys)
-                .all(|(a, b)| key_eq(a.as_ref(), b.as_ref()))
-    }
-}
-
-impl Eq for RowKey {}
-
-/// A [`RowKey`] seen through an event, without copying its values.
-struct Probe<'a, 'e> {
-    bucket: i64,
-    event: &'a [ValueRef<'e>],
-    key_idx: &'a [usize],
-}
-
-impl Probe<'_, '_> {
-    fn key(&self, i: usize) -> ValueRef<'_> {
-        self.event.get(i).copied().unwrap_or(ValueRef::Null)
-    }
-}
-
-impl Hash for Probe<'_, '_> {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_i64(self.bucket);
-        for &i in self.key_idx {
-            hash_key_value(self.key(i), h);
+    fn hash_values(hasher: &DefaultHashBuilder, keys: &[Value]) -> u64 {
+        let mut h = hasher.build_hasher();
+        for k in keys {
+            hash_key_value(k.as_ref(), &mut h);
         }
+        h.finish()
     }
-}
 
-impl Equivalent<RowKey> for Probe<'_, '_> {
-    fn equivalent(&self, key: &RowKey) -> bool {
-        self.bucket == key.bucket
-            && self.key_idx.len() == key.keys.len()
-            && self
-                .key_idx
+    /// The id of the event's group, interning it when new.
+    fn id(&mut self, event: &[ValueRef<'_>], key_idx: &[usize]) -> u32 {
+        let hash = self.hash_event(event, key_idx);
+        let keys = &self.keys;
+        let found = self.table.find(hash, |&id| {
+            let stored = &keys[id as usize];
+            key_idx
                 .iter()
-                .zip(&key.keys)
-                .all(|(&i, k)| key_eq(self.key(i), k.as_ref()))
+                .zip(stored.iter())
+                .all(|(&i, k)| key_eq(event.get(i).copied().unwrap_or(ValueRef::Null), k.as_ref()))
+        });
+        if let Some(&id) = found {
+            return id;
+        }
+        // Ids are dense and bounded by GROUPS_RETAINED between drains in practice; a u32
+        // overflow would need four billion distinct groups in one flush.
+        let id = u32::try_from(self.keys.len()).unwrap_or(u32::MAX);
+        self.keys.push(
+            key_idx
+                .iter()
+                .map(|&i| {
+                    event
+                        .get(i)
+                        .copied()
+                        .unwrap_or(ValueRef::Null)
+                        .to_owned_value()
+                })
+                .collect(),
+        );
+        let (hasher, keys) = (&self.hasher, &self.keys);
+        self.table.insert_unique(hash, id, |&id| {
+            Groups::hash_values(hasher, &keys[id as usize])
+        });
+        id
+    }
+
+    /// Each group's rank in key order ([`keys_cmp`]).
+    fn ranks(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.keys.len())
+            .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
+            .collect();
+        order.sort_unstable_by(|&a, &b| keys_cmp(&self.keys[a as usize], &self.keys[b as usize]));
+        let mut rank = vec![0u32; order.len()];
+        for (r, &id) in order.iter().enumerate() {
+            rank[id as usize] = u32::try_from(r).unwrap_or(u32::MAX);
+        }
+        rank
+    }
+
+    fn clear(&mut self) {
+        self.table.clear();
+        self.keys.clear();
     }
 }
 
-/// A partial aggregate being built (the row minus its identity).
-#[derive(Debug, Clone)]
+/// A finest-granularity row's identity: bucket start and group id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RowId {
+    bucket: i64,
+    group: u32,
+}
+
+/// A partial aggregate being built (the row minus its identity); its latest values and measures
+/// are in the aggregator's flat vectors, at the row's index.
+#[derive(Debug, Clone, Copy)]
 struct Acc {
     last_event_ts: i64,
     /// Record order of the event that set `latest` (breaks event-time ties: later wins).
     seq: u64,
-    latest: Vec<Value>,
     count: i64,
+}
+
+/// A row of one level of a drain: its identity, and where its values come from.
+#[derive(Debug, Clone)]
+struct LevelRow {
+    bucket: i64,
+    rank: u32,
+    group: u32,
+    acc: Acc,
+    /// The finest row whose latest values this row carries.
+    latest_from: usize,
+    /// Measures (finest level: empty, they are in the flat vector at `latest_from`).
     measures: Vec<Value>,
 }
 
@@ -163,7 +208,13 @@ pub struct Aggregator {
     filter: Option<Compiled>,
     measures: Vec<MeasureFold>,
     latest: Vec<Arg>,
-    rows: HashMap<RowKey, Acc>,
+    groups: Groups,
+    rows: HashMap<RowId, u32>,
+    accs: Vec<Acc>,
+    /// Latest values of every row, `latest.len()` per row.
+    latest_values: Vec<Value>,
+    /// Measure values of every row, `measures.len()` per row.
+    measure_values: Vec<Value>,
     seq: u64,
 }
 
@@ -245,7 +296,11 @@ impl Aggregator {
             filter,
             measures,
             latest,
+            groups: Groups::default(),
             rows: HashMap::new(),
+            accs: Vec::new(),
+            latest_values: Vec::new(),
+            measure_values: Vec::new(),
             seq: 0,
         })
     }
@@ -276,37 +331,40 @@ impl Aggregator {
         let bucket = finest.bucket_start(ts.clamp(MIN_EVENT_TIME_MS, MAX_EVENT_TIME_MS));
         self.seq += 1;
         let seq = self.seq;
-        let probe = Probe {
-            bucket,
+        let group = self.groups.id(event, &self.key_idx);
+        let (nl, nm) = (self.latest.len(), self.measures.len());
+        let row = match self.rows.entry(RowId { bucket, group }) {
+            Entry::Occupied(o) => *o.get() as usize,
+            Entry::Vacant(v) => {
+                let row = self.accs.len();
+                v.insert(u32::try_from(row).unwrap_or(u32::MAX));
+                self.accs.push(Acc {
+                    last_event_ts: i64::MIN,
+                    seq: 0,
+                    count: 0,
+                });
+                self.latest_values
+                    .resize(self.latest_values.len() + nl, Value::Null);
+                // Non-null counts start at 0; sums, minima and maxima stay null until a value
+                // comes.
+                self.measure_values
+                    .extend(self.measures.iter().map(|m| match m.fold {
+                        Fold::CountNonNull => Value::Long(0),
+                        _ => Value::Null,
+                    }));
+                row
+            }
+        };
+        fold(
+            &mut self.accs[row],
+            &mut self.latest_values[row * nl..(row + 1) * nl],
+            &mut self.measure_values[row * nm..(row + 1) * nm],
+            &self.measures,
+            &self.latest,
             event,
-            key_idx: &self.key_idx,
-        };
-        if let Some(acc) = self.rows.get_mut(&probe) {
-            fold(acc, &self.measures, &self.latest, event, ts, seq);
-            return;
-        }
-        let mut acc = Acc {
-            last_event_ts: i64::MIN,
-            seq: 0,
-            latest: vec![Value::Null; self.latest.len()],
-            count: 0,
-            // Non-null counts start at 0; sums, minima and maxima stay null until a value comes.
-            measures: self
-                .measures
-                .iter()
-                .map(|m| match m.fold {
-                    Fold::CountNonNull => Value::Long(0),
-                    _ => Value::Null,
-                })
-                .collect(),
-        };
-        fold(&mut acc, &self.measures, &self.latest, event, ts, seq);
-        let keys = self
-            .key_idx
-            .iter()
-            .map(|&i| probe.key(i).to_owned_value())
-            .collect();
-        self.rows.insert(RowKey { bucket, keys }, acc);
+            ts,
+            seq,
+        );
     }
 
     /// The event time `event` carries: its `aggregate by` value when that is a number within
@@ -333,46 +391,99 @@ impl Aggregator {
     /// layout (finest first), one row per `(bucket, keys)`, sorted by bucket then keys (so
     /// concurrent writers upsert rows in one order).
     pub fn drain(&mut self) -> Delta {
-        let mut level: Vec<(AggRow, u64)> = self
-            .rows
-            .drain()
-            .map(|(k, acc)| {
-                (
-                    AggRow {
-                        bucket: k.bucket,
-                        keys: k.keys.into_vec(),
-                        last_event_ts: acc.last_event_ts,
-                        latest: acc.latest,
-                        count: acc.count,
-                        measures: acc.measures,
-                    },
-                    acc.seq,
-                )
-            })
-            .collect();
-        level.sort_by(|(a, _), (b, _)| {
-            a.bucket
-                .cmp(&b.bucket)
-                .then_with(|| keys_cmp(&a.keys, &b.keys))
-        });
         let mut grans = self.layout.granularities.clone();
         grans.sort();
         grans.dedup();
+        let (nl, nm) = (self.latest.len(), self.measures.len());
+        let rank = self.groups.ranks();
+        let mut finest: Vec<LevelRow> = self
+            .rows
+            .drain()
+            .map(|(id, row)| {
+                let row = row as usize;
+                LevelRow {
+                    bucket: id.bucket,
+                    rank: rank[id.group as usize],
+                    group: id.group,
+                    acc: self.accs[row],
+                    latest_from: row,
+                    measures: Vec::new(),
+                }
+            })
+            .collect();
+        finest.sort_unstable_by_key(|r| (r.bucket, r.rank));
+        // Coarser levels, each rolled up from the one before.
+        let mut coarse: Vec<(Granularity, Vec<LevelRow>)> = Vec::with_capacity(grans.len());
+        for g in grans.iter().skip(1) {
+            let below = coarse.last().map_or(&finest, |(_, rows)| rows);
+            let rolled = roll_up(below, *g, &self.layout, &self.measure_values, nm);
+            coarse.push((*g, rolled));
+        }
+        let mut latest_values = std::mem::take(&mut self.latest_values);
+        let mut measure_values = std::mem::take(&mut self.measure_values);
+        let keys = &self.groups.keys;
+        let row_of = |r: &LevelRow, latest: Vec<Value>, measures: Vec<Value>| AggRow {
+            bucket: r.bucket,
+            keys: keys[r.group as usize].to_vec(),
+            last_event_ts: r.acc.last_event_ts,
+            latest,
+            count: r.acc.count,
+            measures,
+        };
         let mut rows = Vec::with_capacity(grans.len());
-        for (i, g) in grans.iter().enumerate() {
-            let next = match grans.get(i + 1) {
-                Some(coarser) => roll_up(&level, *coarser, &self.layout),
-                None => Vec::new(),
-            };
-            rows.push((*g, level.into_iter().map(|(r, _)| r).collect()));
-            level = next;
+        // Coarse rows copy the latest values of their finest row; the finest rows take theirs.
+        let mut coarse_rows: Vec<(Granularity, Vec<AggRow>)> = coarse
+            .into_iter()
+            .map(|(g, level)| {
+                let out = level
+                    .into_iter()
+                    .map(|mut r| {
+                        let latest =
+                            latest_values[r.latest_from * nl..(r.latest_from + 1) * nl].to_vec();
+                        let measures = std::mem::take(&mut r.measures);
+                        row_of(&r, latest, measures)
+                    })
+                    .collect();
+                (g, out)
+            })
+            .collect();
+        if let Some(&g) = grans.first() {
+            let out = finest
+                .iter()
+                .map(|r| {
+                    let i = r.latest_from;
+                    let latest = latest_values[i * nl..(i + 1) * nl]
+                        .iter_mut()
+                        .map(std::mem::take)
+                        .collect();
+                    let measures = measure_values[i * nm..(i + 1) * nm]
+                        .iter_mut()
+                        .map(std::mem::take)
+                        .collect();
+                    row_of(r, latest, measures)
+                })
+                .collect();
+            rows.push((g, out));
+        }
+        rows.append(&mut coarse_rows);
+        // Keep the allocations for the next flush.
+        latest_values.clear();
+        measure_values.clear();
+        self.latest_values = latest_values;
+        self.measure_values = measure_values;
+        self.accs.clear();
+        if self.groups.keys.len() > GROUPS_RETAINED {
+            self.groups.clear();
         }
         Delta { rows }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fold(
     acc: &mut Acc,
+    latest_slots: &mut [Value],
+    measure_slots: &mut [Value],
     measures: &[MeasureFold],
     latest: &[Arg],
     event: &[ValueRef<'_>],
@@ -380,14 +491,14 @@ fn fold(
     seq: u64,
 ) {
     acc.count += 1;
-    for (slot, m) in acc.measures.iter_mut().zip(measures) {
+    for (slot, m) in measure_slots.iter_mut().zip(measures) {
         fold_measure(m.fold, m.ty, slot, m.arg.eval(event));
     }
     // Same event time as the current latest: the later-recorded event wins.
     if ts >= acc.last_event_ts {
         acc.last_event_ts = ts;
         acc.seq = seq;
-        for (slot, a) in acc.latest.iter_mut().zip(latest) {
+        for (slot, a) in latest_slots.iter_mut().zip(latest) {
             assign(slot, a.eval(event));
         }
     }
@@ -443,45 +554,58 @@ fn fold_measure(fold: Fold, ty: AttrType, slot: &mut Value, v: ValueRef<'_>) {
     }
 }
 
-/// Merges the rows of one granularity into the buckets of the coarser `g`.
-fn roll_up(level: &[(AggRow, u64)], g: Granularity, layout: &Layout) -> Vec<(AggRow, u64)> {
-    let mut order: Vec<(i64, usize)> = level
+/// Merges the rows of one level (sorted by bucket, then group rank) into the buckets of the
+/// coarser `g`, sorted the same way. `finest_measures` holds the finest rows' measures
+/// (`nm` per row), read when `level` is the finest (its rows carry none of their own).
+fn roll_up(
+    level: &[LevelRow],
+    g: Granularity,
+    layout: &Layout,
+    finest_measures: &[Value],
+    nm: usize,
+) -> Vec<LevelRow> {
+    let mut order: Vec<(i64, u32, usize)> = level
         .iter()
         .enumerate()
-        .map(|(i, (r, _))| (g.bucket_start(r.bucket), i))
+        .map(|(i, r)| (g.bucket_start(r.bucket), r.rank, i))
         .collect();
-    order.sort_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then_with(|| keys_cmp(&level[a.1].0.keys, &level[b.1].0.keys))
-    });
-    let mut out: Vec<(AggRow, u64)> = Vec::new();
-    for (bucket, i) in order {
-        let (row, seq) = &level[i];
+    order.sort_unstable();
+    let measures_of = |r: &LevelRow| -> Vec<Value> {
+        if r.measures.len() == nm {
+            r.measures.clone()
+        } else {
+            finest_measures[r.latest_from * nm..(r.latest_from + 1) * nm].to_vec()
+        }
+    };
+    let mut out: Vec<LevelRow> = Vec::new();
+    for (bucket, rank, i) in order {
+        let row = &level[i];
         match out.last_mut() {
-            Some((acc, acc_seq))
-                if acc.bucket == bucket
-                    && keys_cmp(&acc.keys, &row.keys) == std::cmp::Ordering::Equal =>
-            {
-                acc.count += row.count;
-                for ((mine, theirs), m) in acc
-                    .measures
-                    .iter_mut()
-                    .zip(&row.measures)
-                    .zip(&layout.measures)
+            Some(acc) if acc.bucket == bucket && acc.rank == rank => {
+                acc.acc.count += row.acc.count;
+                let theirs: &[Value] = if row.measures.len() == nm {
+                    &row.measures
+                } else {
+                    &finest_measures[row.latest_from * nm..(row.latest_from + 1) * nm]
+                };
+                for ((mine, theirs), m) in acc.measures.iter_mut().zip(theirs).zip(&layout.measures)
                 {
                     *mine = combine(m.kind, mine, theirs);
                 }
-                if (row.last_event_ts, *seq) > (acc.last_event_ts, *acc_seq) {
-                    acc.last_event_ts = row.last_event_ts;
-                    *acc_seq = *seq;
-                    acc.latest.clone_from(&row.latest);
+                if (row.acc.last_event_ts, row.acc.seq) > (acc.acc.last_event_ts, acc.acc.seq) {
+                    acc.acc.last_event_ts = row.acc.last_event_ts;
+                    acc.acc.seq = row.acc.seq;
+                    acc.latest_from = row.latest_from;
                 }
             }
-            _ => {
-                let mut r = row.clone();
-                r.bucket = bucket;
-                out.push((r, *seq));
-            }
+            _ => out.push(LevelRow {
+                bucket,
+                rank,
+                group: row.group,
+                acc: row.acc,
+                latest_from: row.latest_from,
+                measures: measures_of(row),
+            }),
         }
     }
     out

@@ -66,13 +66,6 @@ pub struct Store {
     pub(crate) dialect: Dialect,
 }
 
-/// A statement to run inside the commit transaction.
-struct Statement<'a> {
-    sql: String,
-    params: Vec<Param<'a>>,
-    context: String,
-}
-
 impl Store {
     /// Connects to `url` with up to `max_connections` connections and the other
     /// [`StoreOptions`] at their defaults; see [`Store::connect_with`].
@@ -178,25 +171,13 @@ impl Store {
             check_id("publisher id", &id.publisher_id, ID_MAX_CHARS)?;
         }
 
-        let mut statements = Vec::new();
-        for chunk in ids.chunks(self.dialect.rows_per_statement(3)) {
-            let mut params = Vec::with_capacity(chunk.len() * 3);
-            for id in chunk {
-                params.push(Param::Str(&id.publisher_id));
-                params.push(Param::Long(seq_to_db(id.seq)));
-                params.push(Param::Str(shard_id));
-            }
-            statements.push(Statement {
-                sql: self.dialect.insert_batches(chunk.len()),
-                params,
-                context: "recording batch ids".into(),
-            });
-        }
-        let batch_statements = statements.len();
+        // Every row is checked before the transaction starts; the statements are then built one
+        // at a time, so a large flush never holds all its parameters at once.
+        let mut tables = Vec::new();
         for (layout, delta) in deltas {
-            self.upsert_statements(layout, delta, shard_id, &mut statements)?;
+            self.check_delta(layout, delta, shard_id, &mut tables)?;
         }
-        if statements.is_empty() {
+        if ids.is_empty() && tables.is_empty() {
             return Ok(CommitOutcome::Committed);
         }
 
@@ -205,18 +186,22 @@ impl Store {
             .begin_with(self.dialect.begin())
             .await
             .map_err(StoreError::db("starting the commit transaction"))?;
-        for (i, st) in statements.iter().enumerate() {
-            let result = bind_all(sqlx::query(&st.sql), &st.params)
-                .execute(&mut *tx)
-                .await;
-            if let Err(source) = result {
+        for chunk in ids.chunks(self.dialect.rows_per_statement(3)) {
+            let mut params = Vec::with_capacity(chunk.len() * 3);
+            for id in chunk {
+                params.push(Param::Str(&id.publisher_id));
+                params.push(Param::Long(seq_to_db(id.seq)));
+                params.push(Param::Str(shard_id));
+            }
+            let sql = self.dialect.insert_batches(chunk.len());
+            if let Err(source) = bind_all(sqlx::query(&sql), &params).execute(&mut *tx).await {
                 let err = StoreError::Database {
-                    context: st.context.clone(),
+                    context: "recording batch ids".into(),
                     source,
                 };
                 // A failed rollback only matters to the connection, which the pool then drops.
                 let _ = tx.rollback().await;
-                if i < batch_statements && err.is_unique_violation() {
+                if err.is_unique_violation() {
                     let duplicates = self.committed_among(&ids).await?;
                     debug!(
                         count = duplicates.len(),
@@ -227,20 +212,46 @@ impl Store {
                 return Err(err);
             }
         }
+        for (def, rows) in &tables {
+            // Full chunks share one SQL text (and so one prepared statement).
+            let mut sql: Option<(usize, String)> = None;
+            for chunk in rows.chunks(self.dialect.rows_per_statement(def.columns.len())) {
+                let mut params = Vec::with_capacity(chunk.len() * def.columns.len());
+                for row in chunk {
+                    for c in &def.columns {
+                        params.push(row_param(def, c, row, shard_id)?);
+                    }
+                }
+                let text = match &sql {
+                    Some((n, text)) if *n == chunk.len() => text,
+                    _ => {
+                        let text = self.dialect.upsert(def, chunk.len());
+                        &sql.insert((chunk.len(), text)).1
+                    }
+                };
+                if let Err(source) = bind_all(sqlx::query(text), &params).execute(&mut *tx).await {
+                    let _ = tx.rollback().await;
+                    return Err(StoreError::Database {
+                        context: format!("adding deltas to {}", def.name),
+                        source,
+                    });
+                }
+            }
+        }
         tx.commit()
             .await
             .map_err(StoreError::db("committing the flush"))?;
         Ok(CommitOutcome::Committed)
     }
 
-    /// Builds the upserts of one delta: checks every row, sorts it into primary-key order, and
-    /// chunks it under the backend's bind-parameter limit.
-    fn upsert_statements<'a>(
+    /// Checks the rows of one delta — shape and every value — and adds each granularity's
+    /// table with its rows in primary-key order to `out`.
+    fn check_delta<'a>(
         &self,
         layout: &'a Layout,
         delta: &'a Delta,
         shard_id: &'a str,
-        out: &mut Vec<Statement<'a>>,
+        out: &mut Vec<(TableDef, Vec<&'a AggRow>)>,
     ) -> Result<(), StoreError> {
         for (granularity, rows) in &delta.rows {
             if rows.is_empty() {
@@ -255,6 +266,9 @@ impl Store {
             let def = TableDef::new(layout, *granularity, layout.partitioned)?;
             for row in rows {
                 check_row(&def, layout, row)?;
+                for c in &def.columns {
+                    row_param(&def, c, row, shard_id)?;
+                }
             }
             let mut sorted: Vec<&AggRow> = rows.iter().collect();
             sorted.sort_by(|a, b| {
@@ -277,28 +291,7 @@ impl Store {
                 "a delta for {} holds one (bucket, keys) twice",
                 def.name
             );
-            for chunk in sorted.chunks(self.dialect.rows_per_statement(def.columns.len())) {
-                let mut params = Vec::with_capacity(chunk.len() * def.columns.len());
-                for row in chunk {
-                    for c in &def.columns {
-                        let param = match c.role {
-                            Role::Timestamp | Role::EventTimestamp => Param::Long(row.bucket),
-                            Role::Shard => Param::Str(shard_id),
-                            Role::LastEventTimestamp => Param::Long(row.last_event_ts),
-                            Role::Count => Param::Long(row.count),
-                            Role::Key(i) => param_of(&def, c, &row.keys[i])?,
-                            Role::Latest(i) => param_of(&def, c, &row.latest[i])?,
-                            Role::Measure(i, _) => param_of(&def, c, &row.measures[i])?,
-                        };
-                        params.push(param);
-                    }
-                }
-                out.push(Statement {
-                    sql: self.dialect.upsert(&def, chunk.len()),
-                    params,
-                    context: format!("adding deltas to {}", def.name),
-                });
-            }
+            out.push((def, sorted));
         }
         Ok(())
     }
@@ -406,6 +399,24 @@ fn check_row(def: &TableDef, layout: &Layout, row: &AggRow) -> Result<(), StoreE
         }
     }
     Ok(())
+}
+
+/// The parameter of column `c` for `row` (its value checked).
+fn row_param<'a>(
+    def: &TableDef,
+    c: &ColumnDef,
+    row: &'a AggRow,
+    shard_id: &'a str,
+) -> Result<Param<'a>, StoreError> {
+    Ok(match c.role {
+        Role::Timestamp | Role::EventTimestamp => Param::Long(row.bucket),
+        Role::Shard => Param::Str(shard_id),
+        Role::LastEventTimestamp => Param::Long(row.last_event_ts),
+        Role::Count => Param::Long(row.count),
+        Role::Key(i) => param_of(def, c, &row.keys[i])?,
+        Role::Latest(i) => param_of(def, c, &row.latest[i])?,
+        Role::Measure(i, _) => param_of(def, c, &row.measures[i])?,
+    })
 }
 
 /// Checks `value` against column `c` and makes it a parameter.

@@ -3,9 +3,10 @@
 use std::io::Write;
 use std::net::TcpStream;
 
-use futures_util::StreamExt;
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use shardtally_publisher::protocol::{ErrorCode, Frame, RejectCode, Value};
+use shardtally_publisher::protocol::{BatchEncoder, ErrorCode, Frame, RejectCode, Value};
 
 use crate::cluster::{
     GEO_COLUMNS, RawClient, WorkerProc, http, naples_rows, query_records, read_some, serve_args,
@@ -108,6 +109,54 @@ async fn invalid_batches_are_rejected_and_never_counted() {
         .await;
     assert_eq!(c.recv().await, Frame::Ack { seq: 4 });
     assert_eq!(query_records(&db.url, HOUR_QUERY), naples(10));
+    drop(w);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_event_bytes_close_the_connection_and_count_nothing() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = WorkerProc::start(&serve_args(&db.url, "node-a"));
+    let mut bad = RawClient::connect(w.listen, "gw-malformed", "")
+        .await
+        .expect("hello");
+    // A valid batch of two events whose header claims three: the third cannot be decoded.
+    let mut enc = BatchEncoder::new("geoTempStream", &GEO_COLUMNS).expect("encoder");
+    for row in naples_rows(2) {
+        let refs: Vec<_> = row.iter().map(Value::as_ref).collect();
+        enc.push_event(&refs).expect("push");
+    }
+    let count_at = enc.header_len() - 4;
+    let mut frame = BytesMut::from(&enc.finish(1)[..]);
+    frame[count_at..count_at + 4].copy_from_slice(&3u32.to_be_bytes());
+    bad.framed.send(frame.freeze()).await.expect("send");
+    match bad.recv().await {
+        Frame::Error { code, message } => {
+            assert_eq!(code, ErrorCode::Malformed, "{message}");
+        }
+        other => panic!("expected an ERROR frame, got {other:?}"),
+    }
+    assert!(
+        matches!(bad.framed.next().await, None | Some(Err(_))),
+        "the connection is closed"
+    );
+
+    // The worker still serves, and counts only the valid batch.
+    let mut c = RawClient::connect(w.listen, "gw-ok", "")
+        .await
+        .expect("hello");
+    c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(10))
+        .await;
+    assert_eq!(c.recv().await, Frame::Ack { seq: 1 });
+    assert_eq!(query_records(&db.url, HOUR_QUERY), naples(10));
+    let (status, metrics) = http(w.http, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(
+            "shardtally_protocol_errors_total{node_id=\"node-a\",shard_id=\"node-a\"} 1\n"
+        ),
+        "{metrics}"
+    );
     drop(w);
     db.cleanup().await;
 }

@@ -1,0 +1,111 @@
+//! Hot paths of the worker: decoding a batch, and folding events into the aggregation engine.
+//!
+//! `cargo bench -p shardtally-worker --bench ingest`. Times are per batch of 1,000 events;
+//! criterion's throughput is set to 1,000 elements, so it also shows events/s.
+//!
+//! - `decode_batch/1000`: a BATCH frame of 1,000 GeoLocation events through the [`FrameCodec`]
+//!   and an [`EventReader`](shardtally_publisher::protocol::EventReader) over every event, as the
+//!   worker's connection task does.
+//! - `record/<keys>`: [`Aggregator::record`] of 1,000 events of the bundled GeoLocation app
+//!   (`seconds … years`), over 1,000 or 100,000 distinct keys; the aggregator is drained every
+//!   200 batches, like a flush.
+
+use std::hint::black_box;
+
+use bytes::BytesMut;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use shardtally_publisher::protocol::{BatchEncoder, Frame, FrameCodec, ValueRef};
+use shardtally_worker::catalog::Catalog;
+use shardtally_worker::config::AppSource;
+use tokio_util::codec::Decoder;
+
+struct Keys(Vec<(String, String, String)>);
+
+impl Keys {
+    fn new(n: usize) -> Keys {
+        Keys(
+            (0..n)
+                .map(|j| {
+                    (
+                        format!("API-{:02}", j % 17),
+                        format!("Country-{:02}", j % 97),
+                        format!("City-{j:06}"),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn event(&self, i: u64) -> [ValueRef<'_>; 4] {
+        let k = &self.0[(i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize % self.0.len()];
+        [
+            ValueRef::String(&k.0),
+            ValueRef::String(&k.1),
+            ValueRef::String(&k.2),
+            // Two events per second over the hour: every event a few rows of SECONDS.
+            ValueRef::Long(1_795_168_800_000 + i64::try_from(i * 500 % 3_600_000).unwrap_or(0)),
+        ]
+    }
+}
+
+fn batch_frame(keys: &Keys, first: u64) -> bytes::Bytes {
+    let columns = ["apiName", "country", "city", "requestTimestamp"];
+    let mut encoder = BatchEncoder::new("geoTempStream", &columns).expect("valid columns");
+    for i in first..first + 1000 {
+        encoder.push_event(&keys.event(i)).expect("4 values");
+    }
+    encoder.seal(first / 1000)
+}
+
+fn decode_batch(c: &mut Criterion) {
+    let keys = Keys::new(1000);
+    let frame = batch_frame(&keys, 0);
+    let mut codec = FrameCodec::new(16 << 20);
+    let mut group = c.benchmark_group("decode_batch");
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("1000", |b| {
+        b.iter(|| {
+            let mut values = Vec::with_capacity(4);
+            let mut buf = BytesMut::from(&frame[..]);
+            let Ok(Some(Frame::Batch(batch))) = codec.decode(&mut buf) else {
+                panic!("not a batch");
+            };
+            let mut reader = batch.reader();
+            let mut n = 0u32;
+            while reader.next_event(&mut values).expect("well-formed") {
+                n += 1;
+                black_box(&values);
+            }
+            n
+        })
+    });
+    group.finish();
+}
+
+fn record(c: &mut Criterion) {
+    let catalog = Catalog::load(&AppSource::Bundled, true).expect("bundled app");
+    let mut group = c.benchmark_group("record");
+    group.throughput(Throughput::Elements(1000));
+    for n_keys in [1_000usize, 100_000] {
+        let keys = Keys::new(n_keys);
+        let mut aggregator = catalog.aggregators().swap_remove(0);
+        let mut i = 0u64;
+        let mut batches = 0u32;
+        group.bench_function(format!("{n_keys}_keys"), |b| {
+            b.iter(|| {
+                for _ in 0..1000 {
+                    aggregator.record(&keys.event(i), 0);
+                    i += 1;
+                }
+                batches += 1;
+                if batches.is_multiple_of(200) {
+                    black_box(aggregator.drain());
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode_batch, record);
+criterion_main!(benches);

@@ -1,0 +1,138 @@
+//! What a batch's values must satisfy before they are folded, checked in the same pass that
+//! decodes them (each batch is decoded once): the stream schema's types, what every backend can
+//! store (strings of at most the column's characters, without NUL; finite numbers), and non-null
+//! group-by keys within the key columns' limits. One bad event refuses its whole batch, so it can
+//! never fail a flush.
+
+use shardtally_publisher::protocol::{AttrType, ErrorCode, ProtocolError, RejectCode, ValueRef};
+
+use crate::catalog::Catalog;
+use crate::ingest::IncomingBatch;
+use crate::store::{check_typed, key_string_chars};
+
+/// Why a batch's events are not taken.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Refusal {
+    /// Well-formed, but can never be accepted: `REJECT`, the publisher does not retry it.
+    Reject(RejectCode, String),
+    /// The event bytes are not valid: an `ERROR` frame, and the connection is closed.
+    Malformed(ErrorCode, String),
+}
+
+impl From<ProtocolError> for Refusal {
+    fn from(e: ProtocolError) -> Refusal {
+        Refusal::Malformed(e.error_code(), e.to_string())
+    }
+}
+
+/// Decodes every event of `batch` into `out` (one value per batch column, event after event;
+/// strings borrowed from the frame) and checks every value. Returns the number of events.
+pub(crate) fn decode_checked<'f>(
+    catalog: &Catalog,
+    max_string_len: usize,
+    batch: &'f IncomingBatch,
+    out: &mut Vec<ValueRef<'f>>,
+) -> Result<usize, Refusal> {
+    out.clear();
+    let schema = &catalog.streams()[batch.stream];
+    let positions = &batch.positions;
+    // The batch column (if any) carrying each group-by key, and the key column's type and
+    // string limit, resolved once per batch.
+    let keys: Vec<(Option<usize>, usize, usize, AttrType, usize)> = catalog
+        .key_columns(batch.stream)
+        .iter()
+        .map(|&(pos, agg, key)| {
+            let layout = &catalog.layouts[agg];
+            let ty = layout.keys.get(key).map_or(AttrType::String, |c| c.ty);
+            (
+                positions.iter().position(|&p| p == pos),
+                pos,
+                agg,
+                ty,
+                key_string_chars(layout),
+            )
+        })
+        .collect();
+    let width = positions.len();
+    out.reserve(width * batch.frame.event_count as usize);
+    let mut event: Vec<ValueRef<'f>> = Vec::with_capacity(width);
+    let mut reader = batch.frame.reader();
+    let mut index = 0usize;
+    while reader.next_event(&mut event)? {
+        for (v, &p) in event.iter().zip(positions.iter()) {
+            if let Err(reason) = schema.check_value(p, *v) {
+                return Err(Refusal::Reject(
+                    RejectCode::SchemaMismatch,
+                    format!("event #{index}: {reason}"),
+                ));
+            }
+            if let Err(reason) = check_stored_value(*v, max_string_len) {
+                return Err(Refusal::Reject(
+                    RejectCode::Invalid,
+                    format!(
+                        "event #{index}: {}.{}: {reason}",
+                        schema.name, schema.attributes[p].name
+                    ),
+                ));
+            }
+        }
+        for &(column, pos, agg, ty, max_chars) in &keys {
+            let value = column.map_or(ValueRef::Null, |i| event[i]);
+            if let Err(e) = check_typed(ty, max_chars, true, value) {
+                return Err(Refusal::Reject(
+                    RejectCode::Invalid,
+                    format!(
+                        "event #{index}: {}.{} is a group-by key of {}: {e}",
+                        schema.name, schema.attributes[pos].name, catalog.layouts[agg].aggregation
+                    ),
+                ));
+            }
+        }
+        out.extend_from_slice(&event);
+        index += 1;
+    }
+    Ok(index)
+}
+
+/// What every backend can store: strings of at most `max_chars` characters without NUL, finite
+/// floating-point numbers.
+fn check_stored_value(v: ValueRef<'_>, max_chars: usize) -> Result<(), String> {
+    match v {
+        ValueRef::String(text) => {
+            if text.contains('\0') {
+                return Err("strings must not contain NUL characters".into());
+            }
+            // Only count when the byte length could exceed the limit.
+            if text.len() > max_chars {
+                let chars = text.chars().count();
+                if chars > max_chars {
+                    return Err(format!(
+                        "{chars} characters; the store holds at most {max_chars}"
+                    ));
+                }
+            }
+            Ok(())
+        }
+        ValueRef::Float(x) if !x.is_finite() => Err(format!("{x} is not a finite number")),
+        ValueRef::Double(x) if !x.is_finite() => Err(format!("{x} is not a finite number")),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_values_are_checked_for_what_every_backend_holds() {
+        assert!(check_stored_value(ValueRef::String("Naples"), 6).is_ok());
+        assert!(check_stored_value(ValueRef::String("Nàpoli"), 6).is_ok());
+        let long = check_stored_value(ValueRef::String("Napoli!"), 6).unwrap_err();
+        assert_eq!(long, "7 characters; the store holds at most 6");
+        assert!(check_stored_value(ValueRef::String("a\0b"), 6).is_err());
+        assert!(check_stored_value(ValueRef::Double(f64::NAN), 6).is_err());
+        assert!(check_stored_value(ValueRef::Float(f32::INFINITY), 6).is_err());
+        assert!(check_stored_value(ValueRef::Long(7), 6).is_ok());
+        assert!(check_stored_value(ValueRef::Null, 6).is_ok());
+    }
+}
