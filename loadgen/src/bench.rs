@@ -399,10 +399,13 @@ async fn run_stages(
     let mut half_rate = None;
     if args.half_rate_seconds > 0.0 && shardtally.events_per_sec > 0.0 {
         let rate = shardtally.events_per_sec / 2.0;
+        // A positive finite rate and duration; `as` saturates.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let events = ((rate * args.half_rate_seconds) as u64).max(1);
         eprintln!("[3/6] shardtally at half that rate: {rate:.0} events/s, {events} events");
         // The replay goes on after the first run's span, with the same density of events per key
         // and second (a shorter span for fewer events): each event costs the database the same.
+        #[allow(clippy::cast_possible_truncation)]
         let half_spread = (spread_ms as f64 * events as f64 / args.events as f64) as i64;
         let half = Arc::new(Workload::new(
             events,
@@ -428,7 +431,8 @@ async fn run_stages(
         .await?;
         let total = committed_total(&catalog, &store).await?;
         r.committed = Some(total - committed);
-        exactly_once &= r.acked == events && r.lost == 0 && r.committed == i64::try_from(events).ok();
+        exactly_once &=
+            r.acked == events && r.lost == 0 && r.committed == i64::try_from(events).ok();
         half_rate = Some(r);
     } else {
         eprintln!("[3/6] half rate: skipped");
@@ -718,10 +722,15 @@ async fn rows_written(cluster: &Cluster) -> (u64, u64) {
     let mut commits = 0.0;
     for w in cluster.workers() {
         if let Ok(m) = system::scrape(w.http).await {
-            rows += m.get("shardtally_rows_written_total").copied().unwrap_or(0.0);
+            rows += m
+                .get("shardtally_rows_written_total")
+                .copied()
+                .unwrap_or(0.0);
             commits += m.get("shardtally_commits_total").copied().unwrap_or(0.0);
         }
     }
+    // Counters scraped from /metrics: non-negative integers carried as f64.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     (rows as u64, commits as u64)
 }
 
@@ -762,10 +771,7 @@ impl CpuSample {
 
 /// Step 1: a publisher whose workers are all down fills its buffer (default bounds,
 /// `drop_newest`); how much does this process grow?
-async fn buffer_check(
-    schema: &StreamSchema,
-    workload: &Workload,
-) -> anyhow::Result<BufferResult> {
+async fn buffer_check(schema: &StreamSchema, workload: &Workload) -> anyhow::Result<BufferResult> {
     // A port nobody listens on.
     let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()?
@@ -790,7 +796,7 @@ async fn buffer_check(
             Err(e) => return Err(e.into()),
         }
         i += 1;
-        if i % 4096 == 0 {
+        if i.is_multiple_of(4096) {
             tokio::task::yield_now().await;
         }
     }

@@ -79,6 +79,10 @@ pub(crate) struct RunArgs {
     /// printed).
     #[arg(long, env = "SHARDTALLY_KEEP_DATABASE")]
     pub(crate) keep_database: bool,
+    /// Check and report `latency` expectations, but do not fail the run on them (WARN instead
+    /// of FAIL): for shared or noisy machines such as CI, where timing is not a test.
+    #[arg(long, env = "SHARDTALLY_ADVISORY_LATENCY")]
+    pub(crate) advisory_latency: bool,
 }
 
 /// `bench`.
@@ -219,6 +223,25 @@ pub(crate) struct PublishArgs {
     /// File holding the token the workers expect.
     #[arg(long, env = "SHARDTALLY_AUTH_TOKEN_FILE", value_name = "FILE")]
     pub(crate) auth_token_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for tls:// workers [default: the system trust store].
+    #[arg(long, env = "SHARDTALLY_TLS_CA", value_name = "FILE")]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for workers that require one (with --tls-client-key).
+    #[arg(
+        long,
+        env = "SHARDTALLY_TLS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "tls_client_key"
+    )]
+    pub(crate) tls_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-client-cert.
+    #[arg(
+        long,
+        env = "SHARDTALLY_TLS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "tls_client_cert"
+    )]
+    pub(crate) tls_client_key: Option<PathBuf>,
 }
 
 /// Parses `std::env::args` and runs the command.
@@ -344,7 +367,9 @@ mod tests {
         assert_eq!(args.baseline, BaselineArg::Wire);
         assert_eq!(args.time_spread, Duration::from_secs(600));
         assert_eq!(args.time_order, TimeOrderArg::Random);
-        assert!(Cli::try_parse_from(["shardtally-loadgen", "bench", "--time-spread", "soon"]).is_err());
+        assert!(
+            Cli::try_parse_from(["shardtally-loadgen", "bench", "--time-spread", "soon"]).is_err()
+        );
     }
 
     #[test]

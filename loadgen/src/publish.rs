@@ -92,6 +92,18 @@ impl Publish {
         if let Some(s) = &given {
             builder = builder.schema(s.clone());
         }
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| usage(format!("{flag} {}: {e}", path.display())))
+        };
+        if let Some(ca) = &args.tls_ca {
+            builder = builder.tls_root_certificates_pem(read("--tls-ca", ca)?);
+        }
+        if let (Some(cert), Some(key)) = (&args.tls_client_cert, &args.tls_client_key) {
+            builder = builder.tls_client_auth_pem(
+                read("--tls-client-cert", cert)?,
+                read("--tls-client-key", key)?,
+            );
+        }
         let publisher = builder
             .build()
             .map_err(|e| usage(format!("--endpoints: {e}")))?;

@@ -321,7 +321,7 @@ async fn run_one(p: &Prepared, args: &RunArgs) -> Result<bool, RunError> {
         dir.display()
     );
     let outcome = tokio::select! {
-        r = drive(p, &dir, db.as_ref(), started_at) => r,
+        r = drive(p, &dir, db.as_ref(), started_at, args.advisory_latency) => r,
         _ = tokio::signal::ctrl_c() => Err(RunError::Interrupted),
     };
     if let Some(db) = db {
@@ -377,6 +377,7 @@ async fn drive(
     dir: &Path,
     db: Option<&RunDatabase>,
     started_at: jiff::Timestamp,
+    advisory_latency: bool,
 ) -> Result<bool, RunError> {
     let s = &p.scenario;
     let flush_interval = s.cluster.flush_interval.unwrap_or(DEFAULT_FLUSH_INTERVAL);
@@ -597,7 +598,9 @@ async fn drive(
     };
     let mut results: Vec<ExpectationResult> = Vec::with_capacity(s.expect.len());
     for e in &s.expect {
-        results.push(expect::check(e, &observed).await);
+        let mut result = expect::check(e, &observed).await;
+        result.advisory = advisory_latency && matches!(e.kind, ExpectKind::Latency(_));
+        results.push(result);
     }
     summary.expectations = results;
     summary.finish();
@@ -621,7 +624,7 @@ async fn drive(
     Ok(summary.passed && fault_errors.is_empty())
 }
 
-/// `FAIL path:line: label: expected … / actual …[ (message)]`.
+/// `FAIL path:line: label: expected … / actual …[ (message)]` (`WARN` when advisory).
 fn failure_line(source: &Path, e: &ExpectationResult) -> String {
     let at = match e.line {
         Some(l) => format!("{}:{l}", source.display()),
@@ -629,7 +632,8 @@ fn failure_line(source: &Path, e: &ExpectationResult) -> String {
     };
     let compact = |v: &serde_json::Value| serde_json::to_string(v).unwrap_or_default();
     let mut line = format!(
-        "FAIL {at}: {}: expected {} / actual {}",
+        "{} {at}: {}: expected {} / actual {}",
+        e.status(),
         e.label,
         compact(&e.expected),
         compact(&e.actual)
@@ -1084,11 +1088,24 @@ mod tests {
             expected: serde_json::json!([["Italy", 70000]]),
             actual: serde_json::json!([["Italy", 69000]]),
             passed: false,
+            advisory: false,
             message: None,
         };
         assert_eq!(
             failure_line(Path::new("s.yaml"), &e),
             r#"FAIL s.yaml:33: query from A: expected [["Italy",70000]] / actual [["Italy",69000]]"#
+        );
+        let advisory = ExpectationResult {
+            kind: "latency".into(),
+            label: "latency".into(),
+            expected: serde_json::json!({"p99": "500ms"}),
+            actual: serde_json::json!({"p99": "552ms"}),
+            advisory: true,
+            ..e.clone()
+        };
+        assert_eq!(
+            failure_line(Path::new("s.yaml"), &advisory),
+            r#"WARN s.yaml:33: latency: expected {"p99":"500ms"} / actual {"p99":"552ms"}"#
         );
     }
 }

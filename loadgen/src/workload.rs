@@ -172,7 +172,14 @@ mod tests {
 
     #[test]
     fn keys_are_distinct_by_group_key_and_all_used() {
-        let w = Workload::new(100_000, 1000, DEFAULT_START_MS, 3_600_000, TimeOrder::Random, 7);
+        let w = Workload::new(
+            100_000,
+            1000,
+            DEFAULT_START_MS,
+            3_600_000,
+            TimeOrder::Random,
+            7,
+        );
         let groups: HashSet<(&str, &str)> = w
             .keys()
             .iter()
@@ -185,7 +192,14 @@ mod tests {
 
     #[test]
     fn ascending_timestamps_cover_the_span_in_order() {
-        let w = Workload::new(7200, 10, DEFAULT_START_MS, 3_600_000, TimeOrder::Ascending, 1);
+        let w = Workload::new(
+            7200,
+            10,
+            DEFAULT_START_MS,
+            3_600_000,
+            TimeOrder::Ascending,
+            1,
+        );
         let ts: Vec<i64> = (0..7200).map(|i| w.timestamp_of(i)).collect();
         assert!(ts.windows(2).all(|p| p[0] <= p[1]));
         assert_eq!(ts[0], DEFAULT_START_MS);

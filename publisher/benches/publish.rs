@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::{SinkExt, StreamExt};
 use shardtally_publisher::protocol::{
-    AttrType, Attribute, BatchEncoder, Frame, FrameCodec, PROTOCOL_VERSION, StreamSchema,
-    ValueRef, Welcome,
+    AttrType, Attribute, BatchEncoder, Frame, FrameCodec, PROTOCOL_VERSION, StreamSchema, ValueRef,
+    Welcome,
 };
 use shardtally_publisher::{FullPolicy, Publisher};
 use tokio::net::TcpListener;
@@ -44,7 +44,7 @@ fn event(i: u64) -> [ValueRef<'static>; 4] {
         ValueRef::String("PizzaShackAPI"),
         ValueRef::String("Italy"),
         ValueRef::String(CITIES[(i % 8) as usize]),
-        ValueRef::Long(1_795_168_800_000 + (i as i64 % 3_600_000)),
+        ValueRef::Long(1_795_168_800_000 + i64::try_from(i % 3_600_000).unwrap_or(0)),
     ]
 }
 
@@ -115,7 +115,9 @@ fn publish(c: &mut Criterion) {
             .build()
             .expect("publisher");
         // Connected before measuring.
-        p.publish_values("geoTempStream", &event(0)).await.expect("publish");
+        p.publish_values("geoTempStream", &event(0))
+            .await
+            .expect("publish");
         p.flush().await.expect("flush");
         p
     });

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::batch::{BatchLimits, Batcher, SchemaSource, SealedBatch};
 use crate::buffer::{Buffer, FullPolicy};
 use crate::dispatch::{Command, Dispatcher};
-use crate::endpoint::UrlSet;
+use crate::endpoint::{Scheme, UrlSet};
 use crate::error::{ConfigError, PublishError};
 use crate::event::Event;
 use crate::protocol::{DEFAULT_MAX_FRAME_LEN, LEN_PREFIX, StreamSchema, ValueRef};
@@ -40,6 +40,8 @@ pub(crate) struct Settings {
     pub(crate) backoff_max: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) delivery_reports: bool,
+    /// Set when some member is `tls://`.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// State shared by the handles and the background task.
@@ -388,6 +390,8 @@ pub struct PublisherBuilder {
     backoff_max: Duration,
     connect_timeout: Duration,
     delivery_reports: bool,
+    tls_roots_pem: Vec<Vec<u8>>,
+    tls_client_auth_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl PublisherBuilder {
@@ -412,6 +416,8 @@ impl PublisherBuilder {
             backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             delivery_reports: false,
+            tls_roots_pem: Vec::new(),
+            tls_client_auth_pem: None,
         }
     }
 
@@ -548,6 +554,26 @@ impl PublisherBuilder {
         self
     }
 
+    /// Trusts the CA certificates in this PEM document for `tls://` workers (repeatable). Without
+    /// any, the operating system's trust store is used.
+    #[must_use]
+    pub fn tls_root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> PublisherBuilder {
+        self.tls_roots_pem.push(pem.into());
+        self
+    }
+
+    /// Presents this client certificate chain (PEM, leaf first) and private key (PEM: PKCS#8,
+    /// PKCS#1 or SEC1) to `tls://` workers, for workers that require client certificates.
+    #[must_use]
+    pub fn tls_client_auth_pem(
+        mut self,
+        cert_chain_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> PublisherBuilder {
+        self.tls_client_auth_pem = Some((cert_chain_pem.into(), key_pem.into()));
+        self
+    }
+
     fn validate(self) -> Result<(Settings, Vec<StreamSchema>), ConfigError> {
         let url_set = UrlSet::parse(&self.url_set)?;
         let invalid = |setting: &'static str, reason: &str| {
@@ -596,6 +622,28 @@ impl PublisherBuilder {
                 return Err(ConfigError::DuplicateSchema(s.name.clone()));
             }
         }
+        let uses_tls = url_set
+            .groups
+            .iter()
+            .flat_map(|g| &g.members)
+            .any(|m| m.scheme == Scheme::Tls);
+        // Material given is checked even when no member uses it yet: a typo should not wait
+        // for the day the URL set changes.
+        let tls = if uses_tls
+            || !self.tls_roots_pem.is_empty()
+            || self.tls_client_auth_pem.is_some()
+        {
+            let config =
+                crate::tls::client_config(&self.tls_roots_pem, self.tls_client_auth_pem.as_ref());
+            match config {
+                Ok(c) => uses_tls.then_some(c),
+                // The system trust store only matters when a member is tls://.
+                Err(crate::tls::TlsError::NoTrustRoots(_)) if !uses_tls => None,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
         let publisher_id = format!(
             "{}-{:016x}",
             self.publisher_id_prefix,
@@ -621,6 +669,7 @@ impl PublisherBuilder {
                 backoff_max: self.backoff_max,
                 connect_timeout: self.connect_timeout,
                 delivery_reports: self.delivery_reports,
+                tls,
             },
             self.schemas,
         ))

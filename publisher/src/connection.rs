@@ -4,11 +4,14 @@
 //! nothing itself; the background task ends it through its cancellation token (or by dropping
 //! its outgoing channel).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -50,9 +53,16 @@ pub(crate) enum ConnEventKind {
 /// Why a connection ended. Only [`ConnError::is_fatal`] errors stop reconnection.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnError {
-    /// TLS transport is not implemented yet.
-    #[error("TLS is not yet supported ({0}); use tcp://")]
-    TlsUnsupported(String),
+    /// A `tls://` member, but the publisher has no TLS configuration (cannot happen through
+    /// the builder, which makes one for every URL set with a `tls://` member).
+    #[error("no TLS configuration for {0}")]
+    TlsUnconfigured(String),
+    /// The TLS handshake failed (untrusted or mismatched certificate, not a TLS server, …).
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(std::io::Error),
+    /// The host of a `tls://` URL is not a valid DNS name or IP address for TLS.
+    #[error("`{0}` is not a valid TLS server name")]
+    TlsServerName(String),
     /// TCP connect failed.
     #[error("connect failed: {0}")]
     Connect(std::io::Error),
@@ -93,7 +103,15 @@ pub(crate) enum ConnError {
 impl ConnError {
     /// Whether reconnecting is pointless.
     pub(crate) fn is_fatal(&self) -> bool {
-        matches!(self, ConnError::TlsUnsupported(_))
+        matches!(
+            self,
+            ConnError::TlsUnconfigured(_)
+                | ConnError::TlsServerName(_)
+                | ConnError::Refused {
+                    code: ErrorCode::TlsRequired,
+                    ..
+                }
+        )
     }
 }
 
@@ -105,6 +123,7 @@ pub(crate) struct ConnParams {
     pub(crate) endpoint: Endpoint,
     pub(crate) hello: Hello,
     pub(crate) connect_timeout: Duration,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) events: mpsc::UnboundedSender<ConnEvent>,
     pub(crate) cancel: CancellationToken,
@@ -131,9 +150,6 @@ pub(crate) async fn run(params: ConnParams, mut outgoing: mpsc::UnboundedReceive
 }
 
 async fn session(p: &ConnParams, outgoing: &mut mpsc::UnboundedReceiver<Bytes>) -> ConnError {
-    if p.endpoint.scheme == Scheme::Tls {
-        return ConnError::TlsUnsupported(p.endpoint.to_string());
-    }
     let stream = match tokio::time::timeout(
         p.connect_timeout,
         TcpStream::connect(p.endpoint.authority()),
@@ -146,7 +162,39 @@ async fn session(p: &ConnParams, outgoing: &mut mpsc::UnboundedReceiver<Bytes>) 
     };
     // Batches are written whole; Nagle would only delay the acks' counterpart.
     let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+    if p.endpoint.scheme != Scheme::Tls {
+        let (r, w) = stream.into_split();
+        return framed_session(p, r, w, outgoing).await;
+    }
+    let Some(config) = &p.tls else {
+        return ConnError::TlsUnconfigured(p.endpoint.to_string());
+    };
+    let Ok(name) = ServerName::try_from(p.endpoint.host.clone()) else {
+        return ConnError::TlsServerName(p.endpoint.host.clone());
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+    let stream =
+        match tokio::time::timeout(p.connect_timeout, connector.connect(name, stream)).await {
+            Err(_) => return ConnError::HandshakeTimeout(p.connect_timeout),
+            Ok(Err(e)) => return ConnError::TlsHandshake(e),
+            Ok(Ok(s)) => s,
+        };
+    let (r, w) = tokio::io::split(stream);
+    framed_session(p, r, w, outgoing).await
+}
+
+/// The protocol over an established (plain or TLS) byte stream: handshake, then batches out and
+/// acks in until something fails.
+async fn framed_session<R, W>(
+    p: &ConnParams,
+    r: R,
+    w: W,
+    outgoing: &mut mpsc::UnboundedReceiver<Bytes>,
+) -> ConnError
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut reader = FramedRead::new(r, FrameCodec::default());
     let mut writer = FramedWrite::new(w, FrameCodec::default());
     if let Err(e) = writer.send(Frame::Hello(p.hello.clone())).await {
@@ -230,8 +278,8 @@ async fn session(p: &ConnParams, outgoing: &mut mpsc::UnboundedReceiver<Bytes>) 
 }
 
 /// Writes `first` and whatever else is queued, then flushes once.
-async fn write_batches(
-    writer: &mut FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
+async fn write_batches<W: AsyncWrite + Unpin>(
+    writer: &mut FramedWrite<W, FrameCodec>,
     first: Bytes,
     outgoing: &mut mpsc::UnboundedReceiver<Bytes>,
 ) -> Result<(), ProtocolError> {

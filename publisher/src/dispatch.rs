@@ -218,6 +218,7 @@ impl Dispatcher {
                 client_name: settings.client_name.clone(),
             },
             connect_timeout: settings.connect_timeout,
+            tls: settings.tls.clone(),
             heartbeat_interval: settings.heartbeat_interval,
             events: self.conn_tx.clone(),
             cancel: cancel.clone(),

@@ -86,6 +86,9 @@ pub enum ConfigError {
     /// Two schemas were given for one stream.
     #[error("schema for stream {0:?} given twice")]
     DuplicateSchema(String),
+    /// The TLS material for `tls://` endpoints is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// An event could not be built from a `serde::Serialize` value.

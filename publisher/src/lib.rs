@@ -61,8 +61,12 @@
 //! | `{tcp://a:9611\|tcp://b:9611}` | failover: everything to the first healthy member, in order |
 //! | `{tcp://a:9611,tcp://b:9611},{tcp://c:9611}` | **every** batch to each group |
 //!
-//! `tls://` (alias `ssl://`) parses, but the TLS transport is not implemented yet: such an
-//! endpoint reports "TLS is not yet supported" and stays down. Mixing `,` and `|` in one group,
+//! `tls://` (alias `ssl://`) members are reached over TLS (rustls): the worker's certificate is
+//! checked against [`PublisherBuilder::tls_root_certificates_pem`] (or the system's trust store)
+//! for the URL's host name or IP address, and
+//! [`PublisherBuilder::tls_client_auth_pem`] presents a client certificate to workers that
+//! require one. A `tcp://` publisher that reaches a TLS worker is told so and stops trying that
+//! member. Mixing `,` and `|` in one group,
 //! empty members, and several bare URLs are configuration errors ([`UrlSetError`]).
 //!
 //! **Several groups replicate.** Each group receives every event; that is meant for separate
@@ -132,6 +136,7 @@
 //! - `dispatch`, `connection`: the background task and the per-connection tasks.
 //! - `backoff`: reconnect delays. `stats`, `report`: [`Stats`] and [`DeliveryReport`]s.
 //! - `error`: one error type per boundary.
+//! - `layer` (feature `tower`): a tower layer publishing one event per HTTP request.
 #![warn(missing_docs)]
 
 mod backoff;
@@ -143,9 +148,12 @@ mod dispatch;
 mod endpoint;
 mod error;
 mod event;
+#[cfg(feature = "tower")]
+pub mod layer;
 pub mod protocol;
 mod report;
 mod stats;
+pub mod tls;
 
 pub use backoff::backoff_delay;
 pub use buffer::FullPolicy;

@@ -204,3 +204,187 @@ impl EndpointCell {
         }
     }
 }
+
+impl Stats {
+    /// Appends the counters in the Prometheus text format, labelled with the publisher id, for
+    /// a gateway's `/metrics`: `shardtally_publisher_dropped_events_total{reason="buffer_full"}`
+    /// and the like, and per endpoint `shardtally_publisher_endpoint_up` (1 when connected).
+    pub fn write_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let id = escape_label(&self.publisher_id);
+        let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP shardtally_publisher_{name} {help}");
+            let _ = writeln!(out, "# TYPE shardtally_publisher_{name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(
+                    out,
+                    "shardtally_publisher_{name}{{publisher_id=\"{id}\"{labels}}} {v}"
+                );
+            }
+        };
+        let plain = |v: u64| [(String::new(), v)];
+        metric(
+            "published_events_total",
+            "counter",
+            "Events accepted by publish (buffered).",
+            &plain(self.published),
+        );
+        metric(
+            "acked_events_total",
+            "counter",
+            "Events acked by the workers (committed).",
+            &plain(self.acked),
+        );
+        metric(
+            "queued_events",
+            "gauge",
+            "Events buffered and not yet sent.",
+            &plain(self.queued),
+        );
+        metric(
+            "in_flight_events",
+            "gauge",
+            "Events sent and not yet acked.",
+            &plain(self.in_flight),
+        );
+        metric(
+            "buffered_bytes",
+            "gauge",
+            "Bytes of encoded events buffered until acked.",
+            &plain(self.buffered_bytes),
+        );
+        metric(
+            "batches_total",
+            "counter",
+            "Batches sealed.",
+            &plain(self.batches),
+        );
+        metric(
+            "retried_batches_total",
+            "counter",
+            "Batch re-sends after a worker failed.",
+            &plain(self.retried),
+        );
+        metric(
+            "failovers_total",
+            "counter",
+            "Times a worker was marked unhealthy.",
+            &plain(self.failed_over),
+        );
+        metric(
+            "invalid_events_total",
+            "counter",
+            "Events refused for not matching the stream's schema.",
+            &plain(self.invalid),
+        );
+        let by_reason = |known: &[&str], counts: &BTreeMap<String, u64>| {
+            let mut rows: BTreeMap<&str, u64> = known.iter().map(|r| (*r, 0)).collect();
+            for (reason, n) in counts {
+                rows.insert(reason, *n);
+            }
+            rows.into_iter()
+                .map(|(r, n)| (format!(",reason=\"{}\"", escape_label(r)), n))
+                .collect::<Vec<_>>()
+        };
+        metric(
+            "dropped_events_total",
+            "counter",
+            "Events dropped before delivery, by reason.",
+            &by_reason(&[DROPPED_BUFFER_FULL], &self.dropped),
+        );
+        metric(
+            "failed_events_total",
+            "counter",
+            "Events that failed delivery, by reason.",
+            &by_reason(
+                &[FAILED_REJECTED, FAILED_DEADLINE, FAILED_CLOSED],
+                &self.failed,
+            ),
+        );
+        let endpoint =
+            |e: &EndpointStats| format!(",url=\"{}\",group=\"{}\"", escape_label(&e.url), e.group);
+        metric(
+            "endpoint_up",
+            "gauge",
+            "1 when the endpoint is connected and receives batches.",
+            &self
+                .endpoints
+                .iter()
+                .map(|e| (endpoint(e), u64::from(e.state == EndpointState::Connected)))
+                .collect::<Vec<_>>(),
+        );
+        metric(
+            "endpoint_acked_events_total",
+            "counter",
+            "Events acked by the endpoint.",
+            &self
+                .endpoints
+                .iter()
+                .map(|e| (endpoint(e), e.acked))
+                .collect::<Vec<_>>(),
+        );
+    }
+}
+
+/// Escapes a Prometheus label value (backslash, double quote, newline).
+pub(crate) fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_counts_every_reason() {
+        let stats = Stats {
+            publisher_id: "gw-\"1\"".to_owned(),
+            published: 10,
+            acked: 4,
+            dropped: BTreeMap::from([(DROPPED_BUFFER_FULL.to_owned(), 6)]),
+            endpoints: vec![EndpointStats {
+                url: "tcp://127.0.0.1:9611".to_owned(),
+                group: 0,
+                state: EndpointState::BackingOff,
+                node_id: None,
+                shard_id: None,
+                acked: 4,
+                acked_batches: 1,
+                in_flight_batches: 0,
+                connects: 1,
+                last_error: Some("refused".to_owned()),
+            }],
+            ..Stats::default()
+        };
+        let mut out = String::new();
+        stats.write_prometheus(&mut out);
+        let id = "publisher_id=\"gw-\\\"1\\\"\"";
+        for line in [
+            format!("shardtally_publisher_published_events_total{{{id}}} 10"),
+            format!("shardtally_publisher_acked_events_total{{{id}}} 4"),
+            format!("shardtally_publisher_dropped_events_total{{{id},reason=\"buffer_full\"}} 6"),
+            format!("shardtally_publisher_failed_events_total{{{id},reason=\"deadline\"}} 0"),
+            format!(
+                "shardtally_publisher_endpoint_up{{{id},url=\"tcp://127.0.0.1:9611\",group=\"0\"}} 0"
+            ),
+            "# TYPE shardtally_publisher_queued_events gauge".to_owned(),
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line:?} missing in\n{out}");
+        }
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.contains("failed_events_total{"))
+                .count(),
+            3
+        );
+    }
+}

@@ -43,7 +43,7 @@ impl Keys {
             ValueRef::String(&k.1),
             ValueRef::String(&k.2),
             // Two events per second over the hour: every event a few rows of SECONDS.
-            ValueRef::Long(1_795_168_800_000 + (i as i64 * 500) % 3_600_000),
+            ValueRef::Long(1_795_168_800_000 + i64::try_from(i * 500 % 3_600_000).unwrap_or(0)),
         ]
     }
 }
@@ -98,7 +98,7 @@ fn record(c: &mut Criterion) {
                     i += 1;
                 }
                 batches += 1;
-                if batches % 200 == 0 {
+                if batches.is_multiple_of(200) {
                     black_box(aggregator.drain());
                 }
             })

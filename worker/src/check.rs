@@ -54,7 +54,13 @@ pub(crate) fn decode_checked<'f>(
         })
         .collect();
     let width = positions.len();
-    out.reserve(width * batch.frame.event_count as usize);
+    // Every value takes at least its one-byte tag: the claimed count cannot make us reserve more
+    // than the frame's bytes (a 100-byte frame claiming 100,000 wide events reserves 100 values).
+    out.reserve(
+        width
+            .saturating_mul(batch.frame.event_count as usize)
+            .min(batch.frame.events.len()),
+    );
     let mut event: Vec<ValueRef<'f>> = Vec::with_capacity(width);
     let mut reader = batch.frame.reader();
     let mut index = 0usize;

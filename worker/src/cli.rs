@@ -70,12 +70,15 @@ struct ServeArgs {
     /// File holding the token publishers must present (or set SHARDTALLY_AUTH_TOKEN)
     #[arg(long, env = "SHARDTALLY_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
-    /// TLS certificate (PEM)
+    /// TLS certificate chain (PEM); publishers must then connect with tls://
     #[arg(long, env = "SHARDTALLY_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// TLS private key (PEM)
     #[arg(long, env = "SHARDTALLY_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// CA certificates (PEM): require publishers to present a client certificate it signed
+    #[arg(long, env = "SHARDTALLY_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
     /// Commit pending aggregates at least this often [default: 200ms]
     #[arg(long, env = "SHARDTALLY_FLUSH_INTERVAL")]
     flush_interval: Option<String>,
@@ -209,6 +212,7 @@ async fn serve(a: ServeArgs) -> u8 {
         auth_token_file: a.auth_token_file,
         tls_cert: a.tls_cert,
         tls_key: a.tls_key,
+        tls_client_ca: a.tls_client_ca,
         flush_interval: a.flush_interval,
         lease_ttl: a.lease_ttl,
         dedup_window: a.dedup_window,
@@ -221,12 +225,6 @@ async fn serve(a: ServeArgs) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if config.tls.is_some() {
-        eprintln!(
-            "error: invalid `tls-cert/tls-key`: TLS is not available in this build yet; remove the flags"
-        );
-        return 2;
-    }
     let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();

@@ -29,6 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -200,6 +201,12 @@ pub struct OwnSection {
     pub app: Option<PathBuf>,
     /// File holding the publishers' auth token (relative to the config file).
     pub auth_token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM, relative to the config file): publishers must use `tls://`.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM, relative to the config file).
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM): when set, publishers must present a client certificate it signed.
+    pub tls_client_ca: Option<PathBuf>,
     /// How often pending aggregates are committed (`200ms`, `1s`).
     pub flush_interval: Option<String>,
     /// Shard lease time-to-live (`6s`).
@@ -221,6 +228,11 @@ pub struct OwnSection {
     pub max_batch_events: Option<u32>,
     /// Maximum simultaneous publisher connections.
     pub max_connections: Option<usize>,
+    /// How long a new connection may take to finish its TLS handshake and send HELLO (`10s`).
+    pub handshake_timeout: Option<String>,
+    /// How long a connection may stay silent, or leave our writes unread, before it is closed
+    /// (`60s`; publishers send heartbeats every 2 s).
+    pub idle_timeout: Option<String>,
 }
 
 impl DeploymentFile {
@@ -394,6 +406,8 @@ pub struct Overrides {
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`.
     pub tls_key: Option<PathBuf>,
+    /// `--tls-client-ca`.
+    pub tls_client_ca: Option<PathBuf>,
     /// `--flush-interval`.
     pub flush_interval: Option<String>,
     /// `--lease-ttl`.
@@ -438,8 +452,8 @@ pub struct WorkerConfig {
     pub app: AppSource,
     /// Publishers' auth token, if one is required.
     pub auth_token: Option<String>,
-    /// TLS certificate and key, if TLS is on.
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The TLS server configuration, if publishers must use TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Commit cadence.
     pub flush_interval: Duration,
     /// Shard lease time-to-live.
@@ -458,6 +472,10 @@ pub struct WorkerConfig {
     pub max_batch_events: u32,
     /// Maximum publisher connections.
     pub max_connections: usize,
+    /// Time allowed for the TLS handshake and HELLO.
+    pub handshake_timeout: Duration,
+    /// Longest silence (or unread write) before a connection is closed.
+    pub idle_timeout: Duration,
     /// Benchmark baseline: fold and ack events, never store them (`--discard-events`).
     pub discard_events: bool,
     /// WSO2 keys found in the file that shardtally does not use.
@@ -578,9 +596,26 @@ impl WorkerConfig {
                 .ok()
                 .filter(|t| !t.is_empty()),
         };
-        let tls = match (o.tls_cert.clone(), o.tls_key.clone()) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
+        let file_path = |flag: &Option<PathBuf>, field: fn(&OwnSection) -> Option<&PathBuf>| {
+            flag.clone().or_else(|| own.and_then(field).map(rel))
+        };
+        let tls = match (
+            file_path(&o.tls_cert, |s| s.tls_cert.as_ref()),
+            file_path(&o.tls_key, |s| s.tls_key.as_ref()),
+            file_path(&o.tls_client_ca, |s| s.tls_client_ca.as_ref()),
+        ) {
+            (Some(cert), Some(key), client_ca) => Some(crate::tls::server_config(
+                &cert,
+                &key,
+                client_ca.as_deref(),
+            )?),
+            (None, None, None) => None,
+            (None, None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "tls-client-ca",
+                    "client certificates need TLS: give --tls-cert and --tls-key too",
+                ));
+            }
             _ => {
                 return Err(ConfigError::invalid(
                     "tls-cert/tls-key",
@@ -614,6 +649,26 @@ impl WorkerConfig {
             own.and_then(|s| s.lease_ttl.as_ref()),
             6_000,
         )?;
+        let handshake_timeout = duration(
+            "handshake_timeout",
+            &None,
+            own.and_then(|s| s.handshake_timeout.as_ref()),
+            10_000,
+        )?;
+        let idle_timeout = duration(
+            "idle_timeout",
+            &None,
+            own.and_then(|s| s.idle_timeout.as_ref()),
+            60_000,
+        )?;
+        for (key, d) in [
+            ("handshake_timeout", handshake_timeout),
+            ("idle_timeout", idle_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                return Err(ConfigError::invalid(key, "must be at least 100ms"));
+            }
+        }
         if lease_ttl < Duration::from_secs(1) {
             return Err(ConfigError::invalid("lease-ttl", "must be at least 1s"));
         }
@@ -639,16 +694,25 @@ impl WorkerConfig {
                 ),
             ));
         }
+        let http = o
+            .http
+            .clone()
+            .or_else(|| own.and_then(|s| s.http.clone()))
+            .unwrap_or_else(|| DEFAULT_HTTP.to_owned());
+        if auth_token.is_none() && !allow_unauthenticated && !is_loopback(&http) {
+            return Err(ConfigError::invalid(
+                "http",
+                format!(
+                    "`{http}` is not a loopback address and no auth token is set, so anyone who can reach it could read /stores/query and /metrics; set --auth-token-file (or SHARDTALLY_AUTH_TOKEN; clients then send `Authorization: Bearer TOKEN`), or pass --allow-unauthenticated if the network is trusted"
+                ),
+            ));
+        }
         Ok(WorkerConfig {
             node_id,
             shard_id,
             partition_by_id,
             listen,
-            http: o
-                .http
-                .clone()
-                .or_else(|| own.and_then(|s| s.http.clone()))
-                .unwrap_or_else(|| DEFAULT_HTTP.to_owned()),
+            http,
             database_url,
             db_max_connections,
             app,
@@ -666,6 +730,8 @@ impl WorkerConfig {
                 .unwrap_or(16 * 1024 * 1024),
             max_batch_events: own.and_then(|s| s.max_batch_events).unwrap_or(100_000),
             max_connections: own.and_then(|s| s.max_connections).unwrap_or(1024),
+            handshake_timeout,
+            idle_timeout,
             discard_events: o.discard_events,
             ignored_keys: file.ignored_keys(),
             dropped_jdbc_params,

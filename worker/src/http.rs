@@ -28,15 +28,52 @@ pub(crate) struct HttpState {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) node_id: String,
     pub(crate) shard_id: String,
+    /// When set, `/stores/query` and `/metrics` need `Authorization: Bearer <token>`.
+    pub(crate) auth_token: Option<String>,
 }
 
 pub(crate) fn router(state: Arc<HttpState>) -> Router {
-    Router::new()
+    let protected = Router::new()
         .route("/stores/query", post(store_query))
-        .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .merge(protected)
+        .route("/health", get(health))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// With a token configured, lets through only requests that carry it as a bearer token.
+async fn require_token(
+    State(state): State<Arc<HttpState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(expected) = &state.auth_token {
+        let presented = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !crate::server::constant_time_eq(expected.as_bytes(), presented.trim().as_bytes()) {
+            Metrics::add(&state.metrics.auth_failures, 1);
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "this worker requires `Authorization: Bearer <token>` (the publishers' token)",
+            );
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
 }
 
 /// Siddhi's store-query request body.

@@ -281,7 +281,9 @@ impl Ingest {
         mut rx: mpsc::Receiver<IncomingBatch>,
         shutdown: CancellationToken,
     ) {
-        tracing::warn!("--discard-events: events are folded and acked but never stored (benchmark baseline)");
+        tracing::warn!(
+            "--discard-events: events are folded and acked but never stored (benchmark baseline)"
+        );
         let period = self.settings.flush_interval;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -11,11 +11,11 @@
 //! - [`query`]: store-query parsing and shard-merging evaluation.
 //! - [`store`]: the SQL backends, dedup table, shard registry and leases.
 //! - [`catalog`]: a loaded app with the layouts of its aggregations.
-//! - `server` / `ingest` / `check`: the TCP side (handshake, framing), the task that decodes,
-//!   checks and aggregates batches and commits them exactly once, and the checks on values;
-//!   [`node`] starts and stops them with the lease and HTTP tasks.
-//! - [`retrieve`], [`http`], [`metrics`], [`cli`]: queries, the HTTP API, Prometheus metrics,
-//!   the command line.
+//! - `server` / `tls` / `ingest` / `check`: the TCP side (TLS, handshake, framing), the task
+//!   that decodes, checks and aggregates batches and commits them exactly once, and the checks
+//!   on values; [`node`] starts and stops them with the lease and HTTP tasks.
+//! - [`retrieve`], [`http`] (with `http_listener`: connection limit and idle timeout),
+//!   [`metrics`], [`cli`]: queries, the HTTP API, Prometheus metrics, the command line.
 
 pub mod bucket;
 pub mod catalog;
@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod http;
+mod http_listener;
 mod ingest;
 pub mod layout;
 pub mod metrics;
@@ -33,3 +34,4 @@ pub mod retrieve;
 mod server;
 pub mod siddhi;
 pub mod store;
+mod tls;

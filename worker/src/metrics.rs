@@ -13,6 +13,8 @@ pub struct Metrics {
     pub connections_open: AtomicI64,
     /// Connections refused for a wrong or missing auth token.
     pub auth_failures: AtomicU64,
+    /// TLS handshakes that failed, and plaintext connections to a TLS listener.
+    pub tls_failures: AtomicU64,
     /// Connections closed for a protocol error (malformed, oversized, bad version, timeouts).
     pub protocol_errors: AtomicU64,
     /// Batches received (before de-duplication).
@@ -77,6 +79,11 @@ impl Metrics {
             "auth_failures_total",
             "Connections refused for a wrong or missing token.",
             r(&self.auth_failures),
+        );
+        counter(
+            "tls_failures_total",
+            "Failed TLS handshakes and plaintext connections to a TLS listener.",
+            r(&self.tls_failures),
         );
         counter(
             "protocol_errors_total",

@@ -26,6 +26,10 @@ use crate::store::{LeaseOutcome, Store, StoreError};
 /// Longest string the worker accepts in an event (what every backend's columns hold).
 pub const MAX_STRING_LEN: usize = crate::store::STRING_MAX_CHARS;
 
+/// Simultaneous HTTP connections (`/stores/query`, `/health`, `/metrics`); more wait in the
+/// kernel's backlog.
+const HTTP_MAX_CONNECTIONS: usize = 256;
+
 /// Why a worker could not start, or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -218,8 +222,9 @@ async fn serve_with_lease(
         max_frame_len: config.max_frame_len,
         max_batch_events: config.max_batch_events,
         max_connections: config.max_connections,
-        handshake_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(60),
+        handshake_timeout: config.handshake_timeout,
+        idle_timeout: config.idle_timeout,
+        tls: config.tls.clone(),
     };
     let server_task = tokio::spawn(serve(
         listener,
@@ -236,11 +241,18 @@ async fn serve_with_lease(
         metrics: metrics.clone(),
         node_id: config.node_id.clone(),
         shard_id: config.shard_id.clone(),
+        auth_token: config.auth_token.clone(),
     });
     let http_stop = stop_serving.clone();
+    let http_idle = config.idle_timeout;
     tasks.spawn(async move {
         let app = router(http_state);
-        if let Err(e) = axum::serve(http_listener, app)
+        let listener = crate::http_listener::GuardedListener::new(
+            http_listener,
+            HTTP_MAX_CONNECTIONS,
+            http_idle,
+        );
+        if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(async move { http_stop.cancelled().await })
             .await
         {

@@ -4,16 +4,21 @@
 //! Every connection is one task. Its lifecycle:
 //!
 //! ```text
-//! accept ─▶ HELLO within handshake_timeout? ─▶ version ok? ─▶ token ok? ─▶ WELCOME
+//! accept ─▶ [TLS listener: first byte 0x16? TLS handshake : ERROR TlsRequired]
+//!        ─▶ HELLO within handshake_timeout? ─▶ version ok? ─▶ token ok? ─▶ WELCOME
 //!        ─▶ loop { BATCH ─▶ map columns ─▶ ingest channel (bounded: a slow database stops reads here)
 //!                 PING ─▶ PONG;  ack/reject from ingest ─▶ ACK/REJECT;  idle too long ─▶ ERROR, close }
 //! ```
 //! A malformed or oversized frame, an unexpected frame kind, a bad version or token: an `ERROR`
 //! frame, then the connection is closed. The worker and its other connections are unaffected.
+//! No client holds a connection slot forever: the TLS handshake and HELLO must arrive within the
+//! handshake timeout, some frame within every idle timeout, and every write of ours must drain
+//! within the idle timeout too (a publisher that stops reading its acks is disconnected).
+//! Authentication failures are counted always and logged at most once a second.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -21,6 +26,7 @@ use shardtally_publisher::protocol::{
     BatchFrame, ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, ProtocolError, RejectCode,
     StreamSchema, Welcome,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::Framed;
@@ -42,6 +48,8 @@ pub(crate) struct ServerSettings {
     pub(crate) max_connections: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    /// When set, publishers must speak TLS.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 struct Shared {
@@ -49,6 +57,47 @@ struct Shared {
     settings: ServerSettings,
     metrics: Arc<Metrics>,
     ingest: mpsc::Sender<IncomingBatch>,
+    auth_log: RateLimitedLog,
+}
+
+/// Lets one log line through per period and counts the ones it holds back, so that a flood of
+/// bad clients cannot flood the log.
+struct RateLimitedLog {
+    started: tokio::time::Instant,
+    period_ms: u64,
+    /// Milliseconds since `started` of the last line let through, plus one (0: never).
+    last: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimitedLog {
+    fn new(period: Duration) -> RateLimitedLog {
+        RateLimitedLog {
+            started: tokio::time::Instant::now(),
+            period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+            last: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when a line may be written now, `n` being how many were held back since the
+    /// last one; `None` when this one is held back.
+    fn admit(&self) -> Option<u64> {
+        let now = u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1);
+        let last = self.last.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < self.period_ms
+            || self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
 }
 
 /// Accepts connections until `shutdown`, then waits for the connection tasks to finish.
@@ -66,6 +115,7 @@ pub(crate) async fn serve(
         settings,
         metrics,
         ingest,
+        auth_log: RateLimitedLog::new(Duration::from_secs(1)),
     });
     let tracker = TaskTracker::new();
     loop {
@@ -88,25 +138,33 @@ pub(crate) async fn serve(
         let shutdown = shutdown.clone();
         let permit = slots.clone().try_acquire_owned();
         tracker.spawn(async move {
-            let mut framed = Framed::new(
-                socket,
-                FrameCodec::new(shared.settings.max_frame_len as usize),
-            );
             let Ok(_permit) = permit else {
                 Metrics::add(&shared.metrics.protocol_errors, 1);
-                send_error(
-                    &mut framed,
-                    ErrorCode::TooManyConnections,
-                    "too many connections",
-                )
-                .await;
+                // A TLS client could not read a plaintext frame; it just sees the close.
+                if shared.settings.tls.is_none() {
+                    send_error(
+                        &mut framed(&shared, socket),
+                        ErrorCode::TooManyConnections,
+                        "too many connections",
+                    )
+                    .await;
+                }
                 return;
             };
             shared
                 .metrics
                 .connections_open
                 .fetch_add(1, Ordering::Relaxed);
-            if let Err(reason) = connection(&shared, &mut framed, peer, &shutdown).await {
+            let result = match &shared.settings.tls {
+                None => connection(&shared, &mut framed(&shared, socket), peer, &shutdown).await,
+                Some(config) => match accept_tls(&shared, socket, config).await {
+                    Ok(tls) => {
+                        connection(&shared, &mut framed(&shared, tls), peer, &shutdown).await
+                    }
+                    Err(reason) => Err(reason),
+                },
+            };
+            if let Err(reason) = result {
                 tracing::debug!(%peer, %reason, "connection closed");
             }
             shared
@@ -120,9 +178,74 @@ pub(crate) async fn serve(
     tracker.wait().await;
 }
 
-type Conn = Framed<TcpStream, FrameCodec>;
+fn framed<S: AsyncRead + AsyncWrite>(shared: &Shared, stream: S) -> Framed<S, FrameCodec> {
+    Framed::new(
+        stream,
+        FrameCodec::new(shared.settings.max_frame_len as usize),
+    )
+}
 
-async fn send_error(framed: &mut Conn, code: ErrorCode, message: &str) {
+/// Tells TLS from plaintext by the first byte, then runs the TLS handshake, all within the
+/// handshake timeout.
+async fn accept_tls(
+    shared: &Shared,
+    socket: TcpStream,
+    config: &Arc<rustls::ServerConfig>,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
+    let handshake = async {
+        let mut first = [0u8; 1];
+        match socket.peek(&mut first).await {
+            Ok(0) => return Err("closed before the TLS handshake".to_owned()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        if first[0] != crate::tls::TLS_HANDSHAKE_RECORD {
+            Metrics::add(&shared.metrics.tls_failures, 1);
+            send_error(
+                &mut framed(shared, socket),
+                ErrorCode::TlsRequired,
+                "this worker only accepts TLS: use a tls:// endpoint",
+            )
+            .await;
+            return Err("plaintext connection to a TLS listener".to_owned());
+        }
+        tokio_rustls::TlsAcceptor::from(Arc::clone(config))
+            .accept(socket)
+            .await
+            .map_err(|e| {
+                Metrics::add(&shared.metrics.tls_failures, 1);
+                format!("TLS handshake failed: {e}")
+            })
+    };
+    match tokio::time::timeout(shared.settings.handshake_timeout, handshake).await {
+        Ok(result) => result,
+        Err(_) => {
+            Metrics::add(&shared.metrics.tls_failures, 1);
+            Err("no TLS handshake within the handshake timeout".to_owned())
+        }
+    }
+}
+
+type Conn<S> = Framed<S, FrameCodec>;
+
+/// Writes one frame, giving up when the peer does not take it within `limit`.
+async fn write<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Conn<S>,
+    frame: Frame,
+    limit: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, framed.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write: {e}")),
+        Err(_) => Err(format!("the publisher took no data for {limit:?}")),
+    }
+}
+
+async fn send_error<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Conn<S>,
+    code: ErrorCode,
+    message: &str,
+) {
     let frame = Frame::Error {
         code,
         message: message.to_owned(),
@@ -131,9 +254,9 @@ async fn send_error(framed: &mut Conn, code: ErrorCode, message: &str) {
 }
 
 /// One connection, from handshake to close. Returns why it closed.
-async fn connection(
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
-    framed: &mut Conn,
+    framed: &mut Conn<S>,
     peer: SocketAddr,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
@@ -177,7 +300,10 @@ async fn connection(
         && !constant_time_eq(expected.as_bytes(), hello.auth_token.as_bytes())
     {
         Metrics::add(&shared.metrics.auth_failures, 1);
-        tracing::warn!(%peer, publisher = %hello.publisher_id, "authentication failed");
+        if let Some(held_back) = shared.auth_log.admit() {
+            tracing::warn!(%peer, publisher = %hello.publisher_id, held_back,
+                "authentication failed (at most one such line a second; held_back = lines not written since the last)");
+        }
         send_error(framed, ErrorCode::AuthFailed, "authentication failed").await;
         return Err("authentication failed".into());
     }
@@ -200,10 +326,7 @@ async fn connection(
         max_batch_events: s.max_batch_events,
         streams: shared.catalog.streams().to_vec(),
     };
-    framed
-        .send(Frame::Welcome(welcome))
-        .await
-        .map_err(|e| format!("sending WELCOME: {e}"))?;
+    write(framed, Frame::Welcome(welcome), s.idle_timeout).await?;
     tracing::debug!(%peer, publisher = %publisher_id, "publisher connected");
 
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Reply>();
@@ -216,12 +339,13 @@ async fn connection(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => {
-                let _ = framed.send(Frame::Goodbye { reason: "worker shutting down".into() }).await;
+                let goodbye = Frame::Goodbye { reason: "worker shutting down".into() };
+                let _ = write(framed, goodbye, s.idle_timeout).await;
                 // Acks for what was handed over still arrive until the ingest task's final flush;
                 // the channel closes once the ingest task has dropped every pending batch.
                 drop(reply_tx);
                 while let Some(reply) = reply_rx.recv().await {
-                    if framed.send(reply_frame(reply)).await.is_err() { break; }
+                    if write(framed, reply_frame(reply), s.idle_timeout).await.is_err() { break; }
                 }
                 return Ok(());
             }
@@ -232,7 +356,7 @@ async fn connection(
                     let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(reply_frame(reply))).await;
                     return Err(message);
                 }
-                framed.send(reply_frame(reply)).await.map_err(|e| format!("write: {e}"))?;
+                write(framed, reply_frame(reply), s.idle_timeout).await?;
             }
             () = tokio::time::sleep_until(idle_deadline) => {
                 Metrics::add(&shared.metrics.protocol_errors, 1);
@@ -265,13 +389,12 @@ async fn connection(
                             }
                             Err(Check::Reject(code, reason)) => {
                                 Metrics::add(&shared.metrics.batches_rejected, 1);
-                                framed.send(Frame::Reject { seq: batch.seq, code, reason })
-                                    .await.map_err(|e| format!("write: {e}"))?;
+                                write(framed, Frame::Reject { seq: batch.seq, code, reason }, s.idle_timeout).await?;
                             }
                         }
                     }
                     Some(Ok(Frame::Ping { nonce })) => {
-                        framed.send(Frame::Pong { nonce }).await.map_err(|e| format!("write: {e}"))?;
+                        write(framed, Frame::Pong { nonce }, s.idle_timeout).await?;
                     }
                     Some(Ok(Frame::Pong { .. })) => {}
                     Some(Ok(other)) => {
@@ -286,7 +409,11 @@ async fn connection(
     }
 }
 
-async fn protocol_error(shared: &Shared, framed: &mut Conn, e: &ProtocolError) -> String {
+async fn protocol_error<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    framed: &mut Conn<S>,
+    e: &ProtocolError,
+) -> String {
     Metrics::add(&shared.metrics.protocol_errors, 1);
     let msg = e.to_string();
     send_error(framed, e.error_code(), &msg).await;
@@ -355,7 +482,8 @@ fn check_batch(shared: &Shared, batch: &BatchFrame) -> Result<(usize, Arc<[usize
     Ok((stream, positions.into()))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets without an early exit on the first differing byte.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

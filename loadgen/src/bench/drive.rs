@@ -116,7 +116,10 @@ pub(crate) async fn drive(
         }
         let publisher = builder
             .publisher_id(format!("{}-p{k}", o.tag))
-            .client_name(concat!("shardtally-loadgen-bench/", env!("CARGO_PKG_VERSION")))
+            .client_name(concat!(
+                "shardtally-loadgen-bench/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .schema(schema.clone())
             .delivery_reports(true)
             .full_policy(FullPolicy::Block {

@@ -58,7 +58,9 @@ fn parse_stat(text: &str) -> Option<Duration> {
     // Fields 14 (utime) and 15 (stime) of proc(5); `rest` starts at field 3.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_secs_f64((utime + stime) as f64 / TICKS_PER_SECOND))
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / TICKS_PER_SECOND,
+    ))
 }
 
 /// The machine's CPU time so far: (busy, total), summed over every core (`/proc/stat`).
@@ -102,7 +104,9 @@ pub(crate) async fn scrape(http: SocketAddr) -> std::io::Result<BTreeMap<String,
     };
     let text = tokio::time::timeout(Duration::from_secs(10), fetch)
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "GET /metrics timed out"))??;
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "GET /metrics timed out")
+        })??;
     Ok(parse_metrics(&text))
 }
 

@@ -9,11 +9,13 @@ pub(crate) fn thousands(x: f64) -> String {
     if !x.is_finite() {
         return "-".to_owned();
     }
+    // Finite (checked above) and made non-negative; saturates above u64::MAX.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let n = x.round().abs() as u64;
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -65,7 +67,15 @@ pub(crate) fn render(s: &BenchSummary) -> String {
     let _ = writeln!(
         out,
         "{:<22} {:>11} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>12}",
-        "", "events/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "rows/s", "RSS pub", "RSS workers"
+        "",
+        "events/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "rows/s",
+        "RSS pub",
+        "RSS workers"
     );
     let mut row = |name: &str, r: &SystemResult| {
         let workers: Vec<String> = r

@@ -140,12 +140,7 @@ pub fn console_table(summary: &Summary) -> String {
         out.push('\n');
         for e in &summary.expectations {
             let line = e.line.map(|l| format!(" (line {l})")).unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "{}  {}{line}",
-                if e.passed { "PASS" } else { "FAIL" },
-                e.label
-            );
+            let _ = writeln!(out, "{}  {}{line}", e.status(), e.label);
             let _ = writeln!(out, "      expected: {}", compact(&e.expected));
             let _ = writeln!(out, "      actual:   {}", compact(&e.actual));
             if let Some(m) = &e.message {

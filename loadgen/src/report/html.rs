@@ -202,10 +202,11 @@ pub fn render_html(summary: &Summary) -> String {
     } else {
         h.push_str(r#"<table class="expectations"><thead><tr><th>status</th><th>expectation</th><th>expected</th><th>actual</th></tr></thead><tbody>"#);
         for e in &summary.expectations {
-            let (class, word) = if e.passed {
-                ("pass", "PASS")
+            let word = e.status();
+            let class = if e.passed || e.advisory {
+                "pass"
             } else {
-                ("fail", "FAIL")
+                "fail"
             };
             let line = e
                 .line

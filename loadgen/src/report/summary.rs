@@ -215,11 +215,24 @@ pub struct ExpectationResult {
     pub actual: serde_json::Value,
     /// Whether it held.
     pub passed: bool,
+    /// Reported but not gating: a `latency` expectation under `run --advisory-latency`. A run
+    /// passes even when an advisory expectation does not hold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub advisory: bool,
     /// Why it failed, when the values alone do not say (a query error, …).
     pub message: Option<String>,
 }
 
 impl ExpectationResult {
+    /// `PASS`, `FAIL`, or `WARN` for an advisory expectation that does not hold.
+    pub fn status(&self) -> &'static str {
+        match (self.passed, self.advisory) {
+            (true, _) => "PASS",
+            (false, true) => "WARN",
+            (false, false) => "FAIL",
+        }
+    }
+
     /// The outcome of `expectation`: its actual value and whether it held.
     pub fn new(
         expectation: &Expectation,
@@ -233,6 +246,7 @@ impl ExpectationResult {
             expected: expectation.kind.expected_json(),
             actual,
             passed,
+            advisory: false,
             message: None,
         }
     }
@@ -325,7 +339,7 @@ impl Summary {
     }
 
     /// Computes the derived fields: each phase's events per second, and `passed` (every
-    /// expectation held; a run without expectations passes).
+    /// expectation that is not advisory held; a run without expectations passes).
     pub fn finish(&mut self) {
         for p in &mut self.phases {
             p.events_per_s = if p.duration_ms > 0.0 {
@@ -334,7 +348,7 @@ impl Summary {
                 0.0
             };
         }
-        self.passed = self.expectations.iter().all(|e| e.passed);
+        self.passed = self.expectations.iter().all(|e| e.passed || e.advisory);
     }
 
     /// Events planned, published, acked, failed and dropped over all phases.

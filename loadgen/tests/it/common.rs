@@ -202,9 +202,14 @@ pub(crate) struct Worker {
 impl Worker {
     /// Starts a worker on a SQLite file in `dir` and waits for its ready line.
     pub(crate) fn start(dir: &Path, node_id: &str, app: &Path) -> Worker {
+        Worker::start_with(dir, node_id, app, &[])
+    }
+
+    /// [`Worker::start`] with more `serve` flags.
+    pub(crate) fn start_with(dir: &Path, node_id: &str, app: &Path, extra: &[&str]) -> Worker {
         let database_url = format!("sqlite://{}", dir.join("worker.db").display());
         let log = std::fs::File::create(dir.join(format!("{node_id}.log"))).expect("log file");
-        let mut child = command(&[
+        let mut args = vec![
             "worker",
             "serve",
             "--database-url",
@@ -223,13 +228,15 @@ impl Worker {
             "50ms",
             "--lease-ttl",
             "2s",
-        ])
-        .env("SHARDTALLY_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("spawn the worker");
+        ];
+        args.extend_from_slice(extra);
+        let mut child = command(&args)
+            .env("SHARDTALLY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the worker");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -3,6 +3,8 @@
 mod bench_cli;
 mod common;
 mod expected_totals;
+mod fuzz;
+mod gateway;
 mod publish_cli;
 mod run_scenarios;
 mod scenario_files;

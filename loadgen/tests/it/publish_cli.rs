@@ -22,6 +22,79 @@ const GOOD: &str = r#"{"apiName": "PizzaShackAPI", "country": "Italy", "city": "
 "#;
 
 #[test]
+fn publish_over_tls_with_a_client_certificate() {
+    let dir = TempDir::new("publish-tls");
+    let app = geo_app();
+    let tls = scenarios_dir().join("../testdata/tls");
+    let file = |name: &str| tls.join(name).display().to_string();
+    let worker = Worker::start_with(
+        dir.path(),
+        "pub-tls",
+        &app,
+        &[
+            "--tls-cert",
+            &file("server.pem"),
+            "--tls-key",
+            &file("server.key"),
+            "--tls-client-ca",
+            &file("ca.pem"),
+        ],
+    );
+    let events = dir.write("events.jsonl", GOOD);
+    let endpoints = format!("{{{}}}", worker.endpoint().replace("tcp://", "tls://"));
+    let out = run(
+        &[
+            "publish",
+            "--endpoints",
+            &endpoints,
+            "--app",
+            app.to_str().expect("path"),
+            "--tls-ca",
+            &file("ca.pem"),
+            "--tls-client-cert",
+            &file("client.pem"),
+            "--tls-client-key",
+            &file("client.key"),
+        ],
+        Some(&events),
+    );
+    assert_eq!(out.code, 0, "{}", out.text());
+    assert!(
+        out.stderr.contains("4 event(s) to geoTempStream: 4 acked"),
+        "{}",
+        out.text()
+    );
+    assert_eq!(
+        worker.query(&app, BY_CITY),
+        [
+            vec![json!("Côte d'Ivoire"), json!("Abidjan \"🌴\""), json!(1)],
+            vec![json!("Italy"), json!("Naples"), json!(3)],
+        ]
+    );
+
+    // A file that is not PEM: exit 2 naming the flag's material.
+    let out = run(
+        &[
+            "publish",
+            "--endpoints",
+            &endpoints,
+            "--app",
+            app.to_str().expect("path"),
+            "--tls-ca",
+            events.to_str().expect("path"),
+        ],
+        Some(&events),
+    );
+    assert_eq!(out.code, 2, "{}", out.text());
+    assert!(
+        out.stderr
+            .contains("TLS root certificates: no PEM certificate found"),
+        "{}",
+        out.text()
+    );
+}
+
+#[test]
 fn a_jsonl_file_is_published_and_queryable() {
     let dir = TempDir::new("publish");
     let app = geo_app();

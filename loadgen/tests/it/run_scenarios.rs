@@ -11,9 +11,12 @@ use crate::common::{
 
 /// Runs one ready scenario on the embedded default and checks that every expectation held and
 /// every result file is there.
+/// Runs a bundled scenario on the embedded default. Latency bounds are advisory here: timing is
+/// not a test on a shared machine (`bench` measures it); a latency that was never measured
+/// still fails (see `latency_was_measured`).
 fn passes_on_sqlite(file: &str, name: &str) {
     let results = TempDir::new(name);
-    let out = run_scenarios(&[&scenario(file)], results.path(), &[]);
+    let out = run_scenarios(&[&scenario(file)], results.path(), &["--advisory-latency"]);
     assert_eq!(out.code, 0, "{}", out.text());
     let s = summary(results.path(), name);
     assert_eq!(s["passed"], true, "{}", out.text());
@@ -75,6 +78,7 @@ fn every_scenario_file_is_run_by_a_test() {
     assert_eq!(
         files,
         [
+            "apim-requests.yaml",
             "database.yaml",
             "failover.yaml",
             "gateways.yaml",
@@ -83,6 +87,32 @@ fn every_scenario_file_is_run_by_a_test() {
         ],
         "a new scenario needs a test here"
     );
+}
+
+#[test]
+fn apim_requests_passes() {
+    passes_on_sqlite("apim-requests.yaml", "apim-requests");
+}
+
+/// The API-M app's latency aggregates (sum, avg, min, max of longs) on each database server of
+/// the environment.
+#[test]
+fn apim_requests_on_database_servers() {
+    for (name, url) in database_servers() {
+        let results = TempDir::new("apim-servers");
+        let out = run_scenarios(
+            &[&scenario("apim-requests.yaml")],
+            results.path(),
+            &["--database-url", &url],
+        );
+        assert_eq!(out.code, 0, "{name}: {}", out.text());
+        let s = summary(results.path(), "apim-requests");
+        assert!(
+            outcomes(&s).iter().all(|(_, passed)| *passed),
+            "{name}: {}",
+            out.text()
+        );
+    }
 }
 
 #[test]
@@ -111,9 +141,14 @@ fn database_passes_on_sqlite() {
 fn naples_passes() {
     passes_on_sqlite("naples.yaml", "naples-70k");
     let results = TempDir::new("naples-nodes");
-    let out = run_scenarios(&[&scenario("naples.yaml")], results.path(), &[]);
+    let out = run_scenarios(
+        &[&scenario("naples.yaml")],
+        results.path(),
+        &["--advisory-latency"],
+    );
     assert_eq!(out.code, 0, "{}", out.text());
     let s = summary(results.path(), "naples-70k");
+    latency_was_measured(&s, 70_000);
     assert_eq!(
         s["nodes"],
         serde_json::json!({"wso2-am-analytics-1": 30000, "wso2-am-analytics-2": 40000})
@@ -130,7 +165,7 @@ fn database_and_naples_on_database_servers() {
         let out = run_scenarios(
             &[&scenario("database.yaml"), &scenario("naples.yaml")],
             results.path(),
-            &["--database-url", &url],
+            &["--database-url", &url, "--advisory-latency"],
         );
         let db = summary(results.path(), "database");
         assert_eq!(db["passed"], true, "{name}: {}", out.text());
@@ -140,17 +175,19 @@ fn database_and_naples_on_database_servers() {
             .to_owned();
         assert!(used.contains("/st_database_"), "{used}");
         let naples = summary(results.path(), "naples-70k");
+        let mut gating = outcomes(&naples);
+        gating.retain(|(kind, _)| kind != "latency");
         assert_eq!(
-            outcomes(&naples),
+            gating,
             [
                 ("query".to_owned(), true),
                 ("shards".to_owned(), true),
                 ("delivered".to_owned(), true),
-                ("latency".to_owned(), true),
             ],
             "{name}: {}",
             out.text()
         );
+        latency_was_measured(&naples, 70_000);
         assert_eq!(out.code, 0, "{name}: {}", out.text());
         assert!(
             !out.stderr.contains("kept the run's database"),
@@ -459,4 +496,25 @@ expect:
     let run = run_dir(&results, "external");
     assert!(!run.join("shardtally.db").exists());
     assert!(!run.join("worker-ext-1.log").exists());
+}
+
+/// The scenario's `latency` expectation was evaluated on real measurements (advisory: reported,
+/// not gating).
+fn latency_was_measured(summary: &serde_json::Value, acked: u64) {
+    let latency = summary["expectations"]
+        .as_array()
+        .expect("expectations")
+        .iter()
+        .find(|e| e["kind"] == "latency")
+        .expect("a latency expectation");
+    assert_eq!(latency["advisory"], true, "{latency}");
+    let p99 = latency["actual"]["p99"].as_str().expect("a measured p99");
+    assert!(p99.ends_with('s') && p99 != "0ms", "{latency}");
+    // Every acked event's latency was recorded.
+    assert_eq!(
+        summary["latency"]["raw"]["count"].as_u64(),
+        Some(acked),
+        "{}",
+        summary["latency"]
+    );
 }

@@ -140,8 +140,14 @@ pub enum ProtocolError {
         got: usize,
     },
     /// Reading from or writing to the socket failed.
-    #[error("i/o error")]
-    Io(#[from] std::io::Error),
+    #[error("i/o error: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for ProtocolError {
+    fn from(e: std::io::Error) -> ProtocolError {
+        ProtocolError::Io(e)
+    }
 }
 
 impl ProtocolError {
@@ -240,6 +246,8 @@ wire_code!(
         ShuttingDown = 8,
         /// An internal error on the sender's side.
         Internal = 9,
+        /// The worker only speaks TLS, and the connection is plaintext.
+        TlsRequired = 10,
     }
 );
 
@@ -688,7 +696,6 @@ pub fn value_len(v: &ValueRef<'_>) -> usize {
     }
 }
 
-
 /// A bounds-checked big-endian reader over a byte slice.
 struct Cursor<'a> {
     buf: &'a [u8],
@@ -968,7 +975,8 @@ mod tests {
         }
         assert_eq!(RejectCode::from(2), RejectCode::SchemaMismatch);
         assert_eq!(ErrorCode::from(9), ErrorCode::Internal);
-        assert_eq!(ErrorCode::from(10), ErrorCode::Other(10));
+        assert_eq!(ErrorCode::from(10), ErrorCode::TlsRequired);
+        assert_eq!(ErrorCode::from(11), ErrorCode::Other(11));
         assert_eq!(ErrorCode::AuthFailed.to_string(), "AuthFailed");
     }
 

@@ -271,23 +271,34 @@ async fn a_wrong_auth_token_keeps_the_worker_unused() {
 }
 
 #[tokio::test]
-async fn a_tls_endpoint_reports_that_tls_is_not_supported_yet() {
+async fn a_tls_member_whose_peer_does_not_speak_tls_fails_over_to_the_next() {
     let ledger = Ledger::new();
+    // `a` is a plaintext test worker: a TLS ClientHello gets a plaintext ERROR back, which
+    // fails the TLS handshake.
+    let a = TestServer::start(ServerConfig::new("a"), ledger.clone()).await;
     let b = TestServer::start(ServerConfig::new("b"), ledger.clone()).await;
-    let addr = free_addr().await;
-    let publisher = Publisher::builder(&format!("{{ssl://{addr}|{}}}", b.url()))
+    let tls_url = format!("ssl://{}", a.url().trim_start_matches("tcp://"));
+    let ca = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/tls/ca.pem"
+    ))
+    .unwrap();
+    let publisher = Publisher::builder(&format!("{{{tls_url}|{}}}", b.url()))
         .schema(geo_schema())
+        .tls_root_certificates_pem(ca)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
         .build()
         .unwrap();
-    let tls_url = format!("tls://{addr}");
-    wait_until(10, "tls endpoint down", || {
-        endpoint(&publisher.stats(), &tls_url).state == EndpointState::Down
+    let shown = tls_url.replacen("ssl", "tls", 1);
+    wait_until(10, "tls endpoint failed", || {
+        endpoint(&publisher.stats(), &shown).last_error.is_some()
     })
     .await;
-    assert_eq!(
-        endpoint(&publisher.stats(), &tls_url).last_error.as_deref(),
-        Some(format!("TLS is not yet supported ({tls_url}); use tcp://").as_str())
-    );
+    let error = endpoint(&publisher.stats(), &shown)
+        .last_error
+        .clone()
+        .unwrap();
+    assert!(error.starts_with("TLS handshake failed"), "{error}");
     bounded(30, "publish and flush", async {
         for i in 0..10 {
             publisher
@@ -299,5 +310,18 @@ async fn a_tls_endpoint_reports_that_tls_is_not_supported_yet() {
     })
     .await;
     assert_eq!(endpoint(&publisher.stats(), &b.url()).acked, 10);
+    assert_eq!(endpoint(&publisher.stats(), &shown).acked, 0);
     ledger.assert_each_ts_once(10);
+}
+
+#[tokio::test]
+async fn unusable_tls_material_is_a_build_error() {
+    let err = Publisher::builder("tls://127.0.0.1:1")
+        .tls_root_certificates_pem("not a certificate")
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "TLS root certificates: no PEM certificate found"
+    );
 }

@@ -588,11 +588,7 @@ fn roll_up(
                 } else {
                     &finest_measures[row.latest_from * nm..(row.latest_from + 1) * nm]
                 };
-                for ((mine, theirs), m) in acc
-                    .measures
-                    .iter_mut()
-                    .zip(theirs)
-                    .zip(&layout.measures)
+                for ((mine, theirs), m) in acc.measures.iter_mut().zip(theirs).zip(&layout.measures)
                 {
                     *mine = combine(m.kind, mine, theirs);
                 }

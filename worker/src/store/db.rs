@@ -194,10 +194,7 @@ impl Store {
                 params.push(Param::Str(shard_id));
             }
             let sql = self.dialect.insert_batches(chunk.len());
-            if let Err(source) = bind_all(sqlx::query(&sql), &params)
-                .execute(&mut *tx)
-                .await
-            {
+            if let Err(source) = bind_all(sqlx::query(&sql), &params).execute(&mut *tx).await {
                 let err = StoreError::Database {
                     context: "recording batch ids".into(),
                     source,
@@ -232,10 +229,7 @@ impl Store {
                         &sql.insert((chunk.len(), text)).1
                     }
                 };
-                if let Err(source) = bind_all(sqlx::query(text), &params)
-                    .execute(&mut *tx)
-                    .await
-                {
+                if let Err(source) = bind_all(sqlx::query(text), &params).execute(&mut *tx).await {
                     let _ = tx.rollback().await;
                     return Err(StoreError::Database {
                         context: format!("adding deltas to {}", def.name),

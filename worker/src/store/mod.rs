@@ -41,13 +41,13 @@ mod values;
 pub use db::{BatchId, CommitOutcome, Store, StoreOptions};
 pub use dialect::Backend;
 pub use error::{StoreError, ValueError};
+pub(crate) use schema::check_typed;
 pub use schema::{
     ColumnRef, ID_MAX_CHARS, MAX_IDENTIFIER_BYTES, MYSQL_MAX_KEY_BYTES,
     POSTGRES_MAX_INDEX_ROW_BYTES, SHARD_ID_MAX_CHARS, STRING_MAX_CHARS, check_value,
     key_string_chars,
 };
 pub use shard::LeaseOutcome;
-pub(crate) use schema::check_typed;
 
 /// `url` with its database (the path) replaced by `name`, any query string kept:
 /// `postgres://u@h:5432/test` + `st_1` → `postgres://u@h:5432/st_1`. For tools that create a

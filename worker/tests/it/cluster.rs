@@ -214,11 +214,22 @@ pub fn query_records_with(
 
 /// A minimal HTTP/1.1 exchange: (status, body).
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(addr, method, path, "", body)
+}
+
+/// [`http`] with extra header lines (each ending in `\r\n`).
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("write http");
@@ -329,4 +340,47 @@ pub fn read_some(s: &mut TcpStream, max: usize) -> Vec<u8> {
     let n = s.read(&mut buf).unwrap_or(0);
     buf.truncate(n);
     buf
+}
+
+/// The seeds' query: GeoLocationAgg per hour for 2026-11-20 10:00.
+pub const HOUR_QUERY: &str = r#"from GeoLocationAgg within "2026-11-20 10:**:**" per "hours" select country, city, totalRequestCount"#;
+
+/// `[["Italy", "Naples", n]]`: what [`HOUR_QUERY`] reads after `n` [`naples_rows`].
+pub fn naples_hour(n: i64) -> Vec<Vec<serde_json::Value>> {
+    vec![vec![
+        serde_json::json!("Italy"),
+        serde_json::json!("Naples"),
+        serde_json::json!(n),
+    ]]
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shardtally-it-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A file of the shared TLS test fixtures (`testdata/tls`).
+pub fn tls_fixture(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/tls")).join(name)
+}
+
+/// Publishes every row positionally into `geoTempStream`.
+pub async fn publish_rows(p: &shardtally_publisher::Publisher, rows: &[Vec<Value>]) {
+    for row in rows {
+        let refs: Vec<_> = row.iter().map(Value::as_ref).collect();
+        p.publish_values("geoTempStream", &refs)
+            .await
+            .expect("publish");
+    }
+}
+
+/// The metric line `shardtally_<name>{node_id=…,shard_id=…} <value>` of a `/metrics` text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    let prefix = format!("shardtally_{name}{{");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

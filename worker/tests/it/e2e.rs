@@ -159,3 +159,69 @@ async fn a_worker_killed_mid_stream_loses_and_doubles_nothing() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_strings_travel_publisher_to_worker_to_database_to_http_verbatim() {
+    on_every_backend(|db| async move {
+        let pizza_254 = "🍕".repeat(254);
+        let cities: Vec<String> = [
+            "O'Brien",
+            "\"quoted\"",
+            "Robert'); DROP TABLE GeoLocationAgg_HOURS;--",
+            "back\\slash\\",
+            "\\'; -- \\\"",
+            "%_wild*?",
+            "Zürich",
+            "Zurich",
+            "naples",
+            "Naples",
+            "Naples ",
+            "東京",
+            "👩‍👩‍👧 family",
+            "tab\there\nnewline",
+            pizza_254.as_str(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let w = WorkerProc::start(&serve_args(&db.url, "node-u"));
+        let p = publisher(&format!("{{{}}}", w.endpoint()), &bundled());
+        const START: i64 = 1_795_168_800_000; // 2026-11-20T10:00:00Z
+        let mut expected = BTreeMap::new();
+        for (i, city) in cities.iter().enumerate() {
+            let n = i64::try_from(i).expect("i") + 1;
+            for k in 0..n {
+                let row = vec![
+                    Value::from("API 'quoted' \\ ✓"),
+                    Value::from("Ünïcode-land"),
+                    Value::from(city.as_str()),
+                    Value::Long(START + k),
+                ];
+                publish_all(&p, std::slice::from_ref(&row)).await;
+            }
+            expected.insert(city.clone(), n);
+        }
+        p.flush().await.expect("flush");
+        assert_delivered(&p.stats(), expected.values().sum::<i64>().unsigned_abs());
+
+        let query = r#"from GeoLocationAgg within "2026-11-20 10:**:**" per "hours" select apiName, country, city, totalRequestCount"#;
+        let body = json!({ "appName": "APIM_ANALYTICS_GEO", "query": query }).to_string();
+        let (status, text) = crate::cluster::http(w.http, "POST", "/stores/query", &body);
+        assert_eq!(status, 200, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let mut got = BTreeMap::new();
+        for r in v["records"].as_array().expect("records") {
+            assert_eq!(r[0], json!("API 'quoted' \\ ✓"), "{r}");
+            assert_eq!(r[1], json!("Ünïcode-land"), "{r}");
+            got.insert(
+                r[2].as_str().expect("city").to_owned(),
+                r[3].as_i64().expect("count"),
+            );
+        }
+        assert_eq!(got, expected, "on {}", db.backend);
+        p.close(Duration::from_secs(10)).await.expect("close");
+        drop(w);
+        db
+    })
+    .await;
+}

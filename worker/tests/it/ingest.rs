@@ -213,11 +213,19 @@ async fn garbage_oversize_and_wrong_tokens_close_one_connection_not_the_worker()
     assert_eq!(c.recv().await, Frame::Ack { seq: 1 });
     assert_eq!(query_records(&db.url, HOUR_QUERY), naples(42));
 
-    let (status, metrics) = http(w.http, "GET", "/metrics", "");
+    // With a token, /metrics wants it too.
+    assert_eq!(http(w.http, "GET", "/metrics", "").0, 401);
+    let (status, metrics) = crate::cluster::http_with(
+        w.http,
+        "GET",
+        "/metrics",
+        "Authorization: Bearer s3cret\r\n",
+        "",
+    );
     assert_eq!(status, 200);
     assert!(
         metrics
-            .contains("shardtally_auth_failures_total{node_id=\"node-a\",shard_id=\"node-a\"} 1\n"),
+            .contains("shardtally_auth_failures_total{node_id=\"node-a\",shard_id=\"node-a\"} 2\n"),
         "{metrics}"
     );
     assert!(

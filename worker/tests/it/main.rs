@@ -6,6 +6,8 @@ mod cli;
 mod cluster;
 mod common;
 mod e2e;
+mod hostile;
 mod ingest;
 mod shard_rules;
 mod store;
+mod tls;

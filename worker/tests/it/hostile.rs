@@ -1,0 +1,284 @@
+//! Hostile networks, through real sockets on 127.0.0.1: floods of junk, silent, truncated and
+//! unauthenticated connections — after all of which the worker serves a valid publisher and
+//! counts exactly its events — and the token on the HTTP side.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use rand::{Rng, SeedableRng};
+use shardtally_publisher::protocol::{
+    BatchEncoder, ErrorCode, Frame, FrameCodec, Hello, PROTOCOL_VERSION, Value,
+};
+use shardtally_publisher::{FullPolicy, Publisher};
+use shardtally_worker::catalog::Catalog;
+use shardtally_worker::config::AppSource;
+use shardtally_worker::store::Backend;
+use tokio_util::codec::{Encoder, Framed};
+
+use crate::cluster::{
+    GEO_COLUMNS, HOUR_QUERY, WorkerProc, http, http_with, metric, naples_hour, naples_rows,
+    publish_rows, query_records, scratch_dir, serve_args,
+};
+use crate::common::TestDb;
+
+const TOKEN: &str = "s3cret-token";
+
+/// A worker requiring [`TOKEN`], with short handshake and idle timeouts.
+fn start_protected(db_url: &str) -> WorkerProc {
+    let dir = scratch_dir();
+    let token = dir.join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
+    let config = dir.join("deployment.yaml");
+    std::fs::write(
+        &config,
+        "shardtally:\n  handshake_timeout: 2s\n  idle_timeout: 4s\n",
+    )
+    .expect("config");
+    let mut args = serve_args(db_url, "node-h");
+    args.extend([
+        "--auth-token-file".into(),
+        token.display().to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ]);
+    WorkerProc::start(&args)
+}
+
+fn geo_publisher(url_set: &str, token: &str) -> Publisher {
+    let catalog = Catalog::load(&AppSource::Bundled, true).expect("bundled app");
+    let mut b = Publisher::builder(url_set)
+        .auth_token(token)
+        .publisher_id("it-valid")
+        .batch_max_events(500)
+        .full_policy(FullPolicy::DropNewest)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500));
+    for s in catalog.streams() {
+        b = b.schema(s.clone());
+    }
+    b.build().expect("publisher")
+}
+
+fn hello(token: &str) -> Frame {
+    Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        publisher_id: format!("intruder-{token}"),
+        auth_token: token.to_owned(),
+        client_name: "it".to_owned(),
+    })
+}
+
+/// HELLO with `token` and, in the same write, a batch of 100 events: the batch must never count.
+async fn pipelined_hello_and_batch(addr: std::net::SocketAddr, token: &str) -> Vec<Frame> {
+    let socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut framed = Framed::new(socket, FrameCodec::default());
+    let mut enc = BatchEncoder::new("geoTempStream", &GEO_COLUMNS).expect("encoder");
+    for row in naples_rows(100) {
+        let refs: Vec<_> = row.iter().map(Value::as_ref).collect();
+        enc.push_event(&refs).expect("push");
+    }
+    framed.feed(hello(token)).await.expect("hello");
+    framed.feed(enc.finish(1)).await.expect("batch");
+    SinkExt::<Frame>::flush(&mut framed).await.expect("flush");
+    let mut answers = Vec::new();
+    while let Ok(Some(Ok(frame))) =
+        tokio::time::timeout(Duration::from_secs(10), framed.next()).await
+    {
+        answers.push(frame);
+    }
+    answers
+}
+
+fn auth_failed(frames: &[Frame]) -> bool {
+    matches!(
+        frames,
+        [Frame::Error {
+            code: ErrorCode::AuthFailed,
+            ..
+        }]
+    )
+}
+
+fn metrics_text(w: &WorkerProc) -> String {
+    let (status, text) = http_with(
+        w.http,
+        "GET",
+        "/metrics",
+        &format!("Authorization: Bearer {TOKEN}\r\n"),
+        "",
+    );
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn junk_silent_truncated_and_unauthenticated_clients_leave_one_valid_publisher_exact() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = start_protected(&db.url);
+
+    // Fifty silent connections, held open while everything else happens.
+    let silent: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(w.listen).expect("connect silent"))
+        .collect();
+
+    // Hundreds of short junk connections: random bytes (a random length prefix included), close.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(w.listen).expect("connect junk");
+        let len = rng.random_range(1..256);
+        let junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        let _ = s.write_all(&junk);
+    }
+
+    // A truncated frame: half a HELLO, then the connection closes.
+    let mut whole = BytesMut::new();
+    FrameCodec::default()
+        .encode(hello(TOKEN), &mut whole)
+        .expect("encode");
+    let mut truncated = TcpStream::connect(w.listen).expect("connect truncated");
+    truncated
+        .write_all(&whole[..whole.len() / 2])
+        .expect("write");
+    drop(truncated);
+
+    // A wrong token and no token, each with a batch pipelined behind the HELLO.
+    assert!(auth_failed(
+        &pipelined_hello_and_batch(w.listen, "wrong").await
+    ));
+    assert!(auth_failed(&pipelined_hello_and_batch(w.listen, "").await));
+
+    // The valid publisher, while the silent connections are still open.
+    let p = geo_publisher(&format!("{{{}}}", w.endpoint()), TOKEN);
+    publish_rows(&p, &naples_rows(10_000)).await;
+    p.flush().await.expect("flush");
+    let stats = p.stats();
+    assert_eq!(
+        (stats.published, stats.acked),
+        (10_000, 10_000),
+        "{stats:?}"
+    );
+    assert_eq!(query_records(&db.url, HOUR_QUERY), naples_hour(10_000));
+
+    // The silent ones are told why and closed at the handshake timeout (2 s).
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(15))).ok();
+        let mut bytes = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut bytes);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let frame = tokio_util::codec::Decoder::decode(&mut FrameCodec::default(), &mut buf);
+        assert!(
+            matches!(
+                frame,
+                Ok(Some(Frame::Error {
+                    code: ErrorCode::HandshakeTimeout,
+                    ..
+                }))
+            ),
+            "{frame:?}"
+        );
+    }
+
+    let text = metrics_text(&w);
+    assert_eq!(metric(&text, "auth_failures_total"), Some(2.0), "{text}");
+    assert_eq!(
+        metric(&text, "events_committed_total"),
+        Some(10_000.0),
+        "{text}"
+    );
+    p.close(Duration::from_secs(10)).await.expect("close");
+    drop(w);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_wrong_tokens_is_counted_every_time_and_logged_at_most_once_a_second() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = start_protected(&db.url);
+    let started = Instant::now();
+    let attempts: Vec<_> = (0..60)
+        .map(|i| {
+            tokio::spawn(pipelined_hello_and_batch(
+                w.listen,
+                if i % 2 == 0 { "" } else { "nope" },
+            ))
+        })
+        .collect();
+    for a in attempts {
+        assert!(auth_failed(&a.await.expect("task")));
+    }
+    let elapsed = started.elapsed();
+    let text = metrics_text(&w);
+    assert_eq!(metric(&text, "auth_failures_total"), Some(60.0), "{text}");
+    assert_eq!(metric(&text, "events_committed_total"), Some(0.0), "{text}");
+    let logged = w
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("authentication failed"))
+        .count();
+    let bound = usize::try_from(elapsed.as_secs()).expect("secs") + 1;
+    assert!(
+        (1..=bound).contains(&logged),
+        "{logged} log lines for 60 failures in {elapsed:?}"
+    );
+    drop(w);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_token_the_query_and_metrics_endpoints_need_it_and_health_does_not() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = start_protected(&db.url);
+    let p = geo_publisher(&format!("{{{}}}", w.endpoint()), TOKEN);
+    publish_rows(&p, &naples_rows(7)).await;
+    p.flush().await.expect("flush");
+
+    let body =
+        serde_json::json!({ "appName": "APIM_ANALYTICS_GEO", "query": HOUR_QUERY }).to_string();
+    let (status, text) = http(w.http, "POST", "/stores/query", &body);
+    assert_eq!(status, 401, "{text}");
+    let wrong = "Authorization: Bearer guess\r\n";
+    assert_eq!(
+        http_with(w.http, "POST", "/stores/query", wrong, &body).0,
+        401
+    );
+    assert_eq!(http(w.http, "GET", "/metrics", "").0, 401);
+    let right = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (status, text) = http_with(w.http, "POST", "/stores/query", &right, &body);
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({ "records": [["Italy", "Naples", 7]] })
+    );
+    assert_eq!(http(w.http, "GET", "/health", "").0, 200);
+    let text = metrics_text(&w);
+    assert_eq!(metric(&text, "auth_failures_total"), Some(3.0), "{text}");
+    p.close(Duration::from_secs(10)).await.expect("close");
+    drop(w);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_http_connection_is_closed_at_the_idle_timeout() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = start_protected(&db.url); // idle_timeout: 4s
+    // Half a request line, then silence (slowloris).
+    let mut slow = TcpStream::connect(w.http).expect("connect");
+    slow.write_all(b"GET /health HT").expect("write");
+    let started = Instant::now();
+    slow.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut rest = Vec::new();
+    let read = std::io::Read::read_to_end(&mut slow, &mut rest);
+    // Closed by the worker (EOF or reset), not by our 30 s read timeout.
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(25),
+        "still open after {waited:?}: {read:?}"
+    );
+    // The HTTP side still answers.
+    assert_eq!(http(w.http, "GET", "/health", "").0, 200);
+    drop(w);
+    db.cleanup().await;
+}
