@@ -802,3 +802,98 @@ mod tests {
         assert_ne!(a.publisher_id, b.publisher_id);
     }
 }
+
+/// `publish` does not allocate per event: a counting allocator (per thread, so the background
+/// task's allocations on the runtime's thread do not count) around 100,000 calls.
+#[cfg(test)]
+mod allocation_tests {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::protocol::{AttrType, Attribute};
+
+    thread_local! {
+        static COUNT: Cell<u64> = const { Cell::new(0) };
+    }
+
+    struct Counting;
+
+    fn bump() {
+        let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+    }
+
+    // SAFETY: forwards every call to the system allocator unchanged; only counts.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            bump();
+            // SAFETY: same contract as the caller's.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: same contract as the caller's.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            bump();
+            // SAFETY: same contract as the caller's.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    fn allocations() -> u64 {
+        COUNT.with(Cell::get)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn publishing_allocates_per_batch_not_per_event() {
+        // Nobody listens: every event stays in the buffer, and the test thread does the publishing.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let schema = StreamSchema::new(
+            "geo",
+            vec![
+                Attribute::new("api", AttrType::String),
+                Attribute::new("city", AttrType::String),
+                Attribute::new("ts", AttrType::Long),
+            ],
+        );
+        let publisher = Publisher::builder(&format!("tcp://127.0.0.1:{port}"))
+            .schema(schema)
+            .batch_max_events(1000)
+            .full_policy(FullPolicy::DropNewest)
+            .build()
+            .unwrap();
+        let cities = ["Naples", "Rome", "Milan"];
+        let event = |i: i64| {
+            [
+                ValueRef::String("PizzaShackAPI"),
+                ValueRef::String(cities[usize::try_from(i).unwrap() % 3]),
+                ValueRef::Long(i),
+            ]
+        };
+        // Warm up: the stream's slot and the first batches.
+        for i in 0..3_000 {
+            publisher.try_publish_values("geo", &event(i)).unwrap();
+        }
+        let before = allocations();
+        for i in 3_000..103_000 {
+            publisher.try_publish_values("geo", &event(i)).unwrap();
+        }
+        let allocated = allocations() - before;
+        // 100 batches sealed: a new frame buffer each, and the hand-over to the background task.
+        assert!(
+            allocated <= 3 * 100,
+            "{allocated} allocations for 100,000 events (100 batches)"
+        );
+        assert_eq!(publisher.stats().published, 103_000);
+        let _ = publisher.close(Duration::from_millis(10)).await;
+    }
+}

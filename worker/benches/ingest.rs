@@ -6,9 +6,11 @@
 //! - `decode_batch/1000`: a BATCH frame of 1,000 GeoLocation events through the [`FrameCodec`]
 //!   and an [`EventReader`](shardtally_publisher::protocol::EventReader) over every event, as the
 //!   worker's connection task does.
-//! - `record/<keys>`: [`Aggregator::record`] of 1,000 events of the bundled GeoLocation app
-//!   (`seconds … years`), over 1,000 or 100,000 distinct keys; the aggregator is drained every
-//!   200 batches, like a flush.
+//! - `record/<keys>[_live]`: [`Aggregator::record`] of 1,000 events of the bundled GeoLocation
+//!   app (`seconds … years`), over 1,000 or 100,000 distinct keys, stamped over an hour (nearly
+//!   every event a new row) or `live` (one second of event time per million events: rows are
+//!   reused); the aggregator is drained every 200 batches, like a flush, and the drain is part of
+//!   the time.
 
 use std::hint::black_box;
 
@@ -36,14 +38,17 @@ impl Keys {
         )
     }
 
-    fn event(&self, i: u64) -> [ValueRef<'_>; 4] {
+    /// Event `i`: a random key; stamped two events per second over an hour (a replay: nearly
+    /// every event is a new row), or, `live`, one second of event time per million events
+    /// (traffic stamped now: rows are reused).
+    fn event(&self, i: u64, live: bool) -> [ValueRef<'_>; 4] {
         let k = &self.0[(i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize % self.0.len()];
+        let offset = if live { i / 1000 } else { i * 500 % 3_600_000 };
         [
             ValueRef::String(&k.0),
             ValueRef::String(&k.1),
             ValueRef::String(&k.2),
-            // Two events per second over the hour: every event a few rows of SECONDS.
-            ValueRef::Long(1_795_168_800_000 + i64::try_from(i * 500 % 3_600_000).unwrap_or(0)),
+            ValueRef::Long(1_795_168_800_000 + i64::try_from(offset).unwrap_or(0)),
         ]
     }
 }
@@ -52,7 +57,7 @@ fn batch_frame(keys: &Keys, first: u64) -> bytes::Bytes {
     let columns = ["apiName", "country", "city", "requestTimestamp"];
     let mut encoder = BatchEncoder::new("geoTempStream", &columns).expect("valid columns");
     for i in first..first + 1000 {
-        encoder.push_event(&keys.event(i)).expect("4 values");
+        encoder.push_event(&keys.event(i, false)).expect("4 values");
     }
     encoder.seal(first / 1000)
 }
@@ -86,15 +91,19 @@ fn record(c: &mut Criterion) {
     let catalog = Catalog::load(&AppSource::Bundled, true).expect("bundled app");
     let mut group = c.benchmark_group("record");
     group.throughput(Throughput::Elements(1000));
-    for n_keys in [1_000usize, 100_000] {
+    for (n_keys, live, name) in [
+        (1_000usize, false, "1000_keys"),
+        (100_000, false, "100000_keys"),
+        (1_000, true, "1000_keys_live"),
+    ] {
         let keys = Keys::new(n_keys);
         let mut aggregator = catalog.aggregators().swap_remove(0);
         let mut i = 0u64;
         let mut batches = 0u32;
-        group.bench_function(format!("{n_keys}_keys"), |b| {
+        group.bench_function(name, |b| {
             b.iter(|| {
                 for _ in 0..1000 {
-                    aggregator.record(&keys.event(i), 0);
+                    aggregator.record(&keys.event(i, live), 0);
                     i += 1;
                 }
                 batches += 1;
