@@ -684,13 +684,14 @@ fn cpu_text(c: &Cpu) -> String {
     )
 }
 
-/// What limits the shardtally figure: the database when its rows/s come near the batched-upsert
-/// rate measured on it, else the CPU when the machine is busy, else acks (latency-bound).
+/// What limits the shardtally figure: the database when the workers write at least about as
+/// many rows/s as one connection's batched upserts take (they write concurrently, so together
+/// they can exceed it), else the CPU when the machine is busy, else acks (latency-bound).
 fn limit(r: &SystemResult, upsert_rate: Option<f64>, workers: usize) -> String {
     let cpu = cpu_text(&r.cpu);
     if let Some(rate) = upsert_rate.filter(|x| *x > 0.0) {
         let share = r.rows_per_sec / rate;
-        if share >= 0.5 {
+        if share >= 0.9 {
             return format!(
                 "database rows/s: {:.0} rows/s written = {:.0}% of this database's 1,000-row \
                  upsert rate on one connection ({:.0} rows/s; {workers} worker(s) commit \
@@ -704,7 +705,7 @@ fn limit(r: &SystemResult, upsert_rate: Option<f64>, workers: usize) -> String {
     let busy = r.cpu.machine >= 0.85 * r.cpu.cores as f64;
     let rows = match upsert_rate {
         Some(rate) if rate > 0.0 => format!(
-            "; database at {:.0}% of its upsert rate",
+            "; the database writes {:.0}% of one connection's upsert rate",
             r.rows_per_sec / rate * 100.0
         ),
         _ => String::new(),
