@@ -534,7 +534,7 @@ async fn run_stages(
 
     // What limits the shardtally figures.
     let upsert_rate = database.as_ref().map(|d| d.batched_upsert_rows_per_sec);
-    shardtally.limited_by = limit(&shardtally, upsert_rate, args.workers);
+    shardtally.limited_by = limit(&shardtally, upsert_rate, args.workers, backend);
     if let Some(h) = &mut half_rate {
         h.limited_by = format!(
             "offered rate (open model at half of {:.0} events/s)",
@@ -685,17 +685,27 @@ fn cpu_text(c: &Cpu) -> String {
 }
 
 /// What limits the shardtally figure: the database when the workers write at least about as
-/// many rows/s as one connection's batched upserts take (they write concurrently, so together
-/// they can exceed it), else the CPU when the machine is busy, else acks (latency-bound).
-fn limit(r: &SystemResult, upsert_rate: Option<f64>, workers: usize) -> String {
+/// many rows/s as one connection's batched upserts take (on a server they write concurrently,
+/// so together they can exceed it; SQLite takes one writer at a time), else the CPU when the
+/// machine is busy, else acks (latency-bound).
+fn limit(r: &SystemResult, upsert_rate: Option<f64>, workers: usize, backend: Backend) -> String {
     let cpu = cpu_text(&r.cpu);
     if let Some(rate) = upsert_rate.filter(|x| *x > 0.0) {
         let share = r.rows_per_sec / rate;
-        if share >= 0.9 {
+        let threshold = if backend == Backend::Sqlite {
+            0.75
+        } else {
+            0.9
+        };
+        if share >= threshold {
+            let writers = if backend == Backend::Sqlite {
+                "SQLite takes one writer at a time, and runs inside the workers".to_owned()
+            } else {
+                format!("{workers} worker(s) commit concurrently")
+            };
             return format!(
                 "database rows/s: {:.0} rows/s written = {:.0}% of this database's 1,000-row \
-                 upsert rate on one connection ({:.0} rows/s; {workers} worker(s) commit \
-                 concurrently); {cpu}",
+                 upsert rate on one connection ({:.0} rows/s; {writers}); {cpu}",
                 r.rows_per_sec,
                 share * 100.0,
                 rate
