@@ -267,8 +267,17 @@ impl fmt::Display for Expr {
             ExprKind::Literal(v) => write_literal(f, v),
             ExprKind::Attribute(name) => f.write_str(name),
             ExprKind::Unary(UnaryOp::Neg, e) => {
-                f.write_str("-")?;
-                child(f, e, 9)
+                let inner = if e.precedence() < 9 {
+                    format!("({e})")
+                } else {
+                    e.to_string()
+                };
+                // `--` would start a comment: keep a nested minus (or a negative number) apart.
+                if inner.starts_with('-') {
+                    write!(f, "- {inner}")
+                } else {
+                    write!(f, "-{inner}")
+                }
             }
             ExprKind::Unary(UnaryOp::Not, e) => {
                 f.write_str("not ")?;
