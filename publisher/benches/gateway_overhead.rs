@@ -27,57 +27,18 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, Response, Uri};
-use futures_util::{SinkExt, StreamExt};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use shardtally_publisher::Publisher;
 use shardtally_publisher::layer::{AnalyticsLayer, apim_request_schema};
-use shardtally_publisher::protocol::{Frame, FrameCodec, PROTOCOL_VERSION, Welcome};
 use tokio::net::TcpListener;
-use tokio_util::codec::Framed;
 use tower::{Layer as _, Service, ServiceExt as _};
 
 #[allow(dead_code)]
 #[path = "../examples/gateway.rs"]
 mod example;
-
-/// A worker stand-in: handshakes, then acks every batch once decoded.
-async fn ack_server(listener: TcpListener) {
-    while let Ok((socket, _)) = listener.accept().await {
-        tokio::spawn(async move {
-            let mut framed = Framed::new(socket, FrameCodec::default());
-            let Some(Ok(Frame::Hello(_))) = framed.next().await else {
-                return;
-            };
-            let welcome = Frame::Welcome(Welcome {
-                version: PROTOCOL_VERSION,
-                node_id: "bench".into(),
-                shard_id: "bench".into(),
-                max_frame_len: 16 << 20,
-                max_batch_events: 100_000,
-                streams: vec![apim_request_schema()],
-            });
-            if framed.send(welcome).await.is_err() {
-                return;
-            }
-            while let Some(Ok(frame)) = framed.next().await {
-                let reply = match frame {
-                    Frame::Batch(b) => {
-                        if b.validate_events().is_err() {
-                            return;
-                        }
-                        Frame::Ack { seq: b.seq }
-                    }
-                    Frame::Ping { nonce } => Frame::Pong { nonce },
-                    _ => continue,
-                };
-                if framed.send(reply).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
-}
+#[path = "support/ack_server.rs"]
+mod support;
 
 async fn bind() -> (TcpListener, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -187,7 +148,7 @@ async fn main() {
     let connections: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
 
     let (listener, worker) = bind().await;
-    tokio::spawn(ack_server(listener));
+    tokio::spawn(support::ack_server(listener, apim_request_schema()));
     let (listener, upstream) = bind().await;
     tokio::spawn(async move {
         let app = axum::Router::new().fallback(|| async { "x".repeat(128) });

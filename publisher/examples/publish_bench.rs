@@ -10,11 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use shardtally_publisher::protocol::{Frame, FrameCodec, PROTOCOL_VERSION, Welcome};
 use shardtally_publisher::{AttrType, Attribute, FullPolicy, Publisher, StreamSchema, ValueRef};
 use tokio::net::TcpListener;
-use tokio_util::codec::Framed;
+
+#[path = "../benches/support/ack_server.rs"]
+mod support;
 
 fn schema() -> StreamSchema {
     StreamSchema::new(
@@ -26,43 +26,6 @@ fn schema() -> StreamSchema {
             Attribute::new("requestTimestamp", AttrType::Long),
         ],
     )
-}
-
-async fn ack_server(listener: TcpListener) {
-    while let Ok((socket, _)) = listener.accept().await {
-        tokio::spawn(async move {
-            let mut framed = Framed::new(socket, FrameCodec::default());
-            let Some(Ok(Frame::Hello(_))) = framed.next().await else {
-                return;
-            };
-            let welcome = Frame::Welcome(Welcome {
-                version: PROTOCOL_VERSION,
-                node_id: "bench".into(),
-                shard_id: "bench".into(),
-                max_frame_len: 16 << 20,
-                max_batch_events: 100_000,
-                streams: vec![schema()],
-            });
-            if framed.send(welcome).await.is_err() {
-                return;
-            }
-            while let Some(Ok(frame)) = framed.next().await {
-                let reply = match frame {
-                    Frame::Batch(b) => {
-                        if b.validate_events().is_err() {
-                            return;
-                        }
-                        Frame::Ack { seq: b.seq }
-                    }
-                    Frame::Ping { nonce } => Frame::Pong { nonce },
-                    _ => continue,
-                };
-                if framed.send(reply).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
 }
 
 #[tokio::main]
@@ -79,7 +42,7 @@ async fn main() {
     if offline {
         drop(listener);
     } else {
-        tokio::spawn(ack_server(listener));
+        tokio::spawn(support::ack_server(listener, schema()));
     }
     let publisher = Publisher::builder(&url)
         .schema(schema())

@@ -526,13 +526,7 @@ impl Ingest {
             let n = match record(&mut aggregators, &self.by_stream, &self.catalog, &p.batch) {
                 Ok(n) => n,
                 Err(e) => {
-                    self.settle(&p);
-                    Metrics::add(&self.metrics.batches_rejected, 1);
-                    p.reply(&Reply::Reject(
-                        p.batch.frame.seq,
-                        RejectCode::Invalid,
-                        e.to_string(),
-                    ));
+                    self.refuse_undecodable(&p, &e);
                     continue;
                 }
             };
@@ -591,6 +585,19 @@ impl Ingest {
             .fetch_sub(i64::try_from(p.events).unwrap_or(0), Ordering::Relaxed);
     }
 
+    /// Settles and rejects (counted; never retried by the publisher) a batch whose frame failed
+    /// to decode when folded again — unreachable for batches checked on arrival, kept so that
+    /// one cannot poison the others.
+    fn refuse_undecodable(&self, p: &Pending, e: &ProtocolError) {
+        self.settle(p);
+        Metrics::add(&self.metrics.batches_rejected, 1);
+        p.reply(&Reply::Reject(
+            p.batch.frame.seq,
+            RejectCode::Invalid,
+            e.to_string(),
+        ));
+    }
+
     /// Acks every in-flight batch (their commit went through).
     fn ack_in_flight(&mut self) {
         for p in std::mem::take(&mut self.in_flight) {
@@ -646,13 +653,7 @@ impl Ingest {
                     tracing::error!(error = %e, "in-flight batch failed to decode on rebuild; rejecting it");
                     self.index.remove(&p.batch.key());
                     self.in_flight_events -= p.events;
-                    self.settle(&p);
-                    Metrics::add(&self.metrics.batches_rejected, 1);
-                    p.reply(&Reply::Reject(
-                        p.batch.frame.seq,
-                        RejectCode::Invalid,
-                        e.to_string(),
-                    ));
+                    self.refuse_undecodable(&p, &e);
                 }
             }
         }
@@ -693,13 +694,7 @@ impl Ingest {
                 tracing::error!(error = %e, "batch failed to decode when folded back; rejecting it");
                 self.index.remove(&key);
                 self.rebuild();
-                self.settle(&p);
-                Metrics::add(&self.metrics.batches_rejected, 1);
-                p.reply(&Reply::Reject(
-                    p.batch.frame.seq,
-                    RejectCode::Invalid,
-                    e.to_string(),
-                ));
+                self.refuse_undecodable(&p, &e);
             }
         }
     }
@@ -732,13 +727,7 @@ impl Ingest {
             // Unreachable for validated batches; never let one poison the others.
             tracing::error!(error = %e, "pending batch failed to decode on rebuild; rejecting it");
             let p = self.pending.remove(i);
-            self.settle(&p);
-            Metrics::add(&self.metrics.batches_rejected, 1);
-            let _ = p.batch.reply.send(Reply::Reject(
-                p.batch.frame.seq,
-                RejectCode::Invalid,
-                e.to_string(),
-            ));
+            self.refuse_undecodable(&p, &e);
         }
         self.index.retain(|_, loc| !matches!(loc, Loc::Pending(_)));
         for (i, p) in self.pending.iter().enumerate() {
