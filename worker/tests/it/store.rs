@@ -441,8 +441,8 @@ async fn every_type_round_trips() {
                 "x".into(),
                 Value::Int(i32::MAX),
                 Value::Long(i64::MAX),
-                Value::Float(1.25),
-                Value::Double(-2.5e300),
+                Value::Float(f32::MAX),
+                Value::Double(-f64::MAX),
                 Value::Bool(true),
             ],
             2,
@@ -451,7 +451,7 @@ async fn every_type_round_trips() {
                 Value::Long(2),
                 Value::Int(-3),
                 Value::Float(0.5),
-                Value::Double(1e-300),
+                Value::Double(f64::MIN_POSITIVE),
                 Value::Bool(false),
             ],
             true,
@@ -494,7 +494,7 @@ async fn every_type_round_trips() {
                 Value::Long(3),
                 Value::Int(i32::MIN),
                 Value::Float(0.5),
-                Value::Double(1e-300),
+                Value::Double(f64::MIN_POSITIVE),
                 Value::Bool(true)
             ]
         );
@@ -1332,7 +1332,9 @@ async fn many_rows_are_chunked_under_parameter_limits() {
         schema(&store, std::slice::from_ref(&layout)).await;
         let t = ms("2026-11-20T10:00:00Z");
         let h = Granularity::Hours.bucket_start(t);
-        let rows: Vec<AggRow> = (0..1_234)
+        // More rows than one PostgreSQL UNNEST statement takes (5,000), and than one multi-row
+        // VALUES statement takes anywhere.
+        let rows: Vec<AggRow> = (0..6_001)
             .map(|i| {
                 geo_row(
                     h,
@@ -1356,10 +1358,10 @@ async fn many_rows_are_chunked_under_parameter_limits() {
             CommitOutcome::Committed
         );
         let got = all_rows(&store, &layout, Granularity::Hours).await;
-        assert_eq!(got.len(), 1_234);
+        assert_eq!(got.len(), 6_001);
         assert_eq!(
             got.iter().map(|r| r.row.count).sum::<i64>(),
-            1_233 * 1_234 / 2
+            6_000 * 6_001 / 2
         );
         // Every one of the 12,000 ids is now a duplicate.
         let again = store.commit("n1", &batches[11_990..], &[]).await.unwrap();
