@@ -15,13 +15,7 @@ use crate::store::error::StoreError;
 use crate::store::schema::{
     ColumnDef, ID_MAX_CHARS, Role, SHARD_ID_MAX_CHARS, SqlType, TableDef, check_id, check_typed,
 };
-use crate::store::values::{
-    Param, bind_all, cmp_values, decode, push_array_element, seq_from_db, seq_to_db,
-};
-
-/// Rows per PostgreSQL `UNNEST` upsert statement: bounds the array literals a statement
-/// carries (a few hundred kilobytes), while a typical flush takes one statement per table.
-const UNNEST_ROWS: usize = 5_000;
+use crate::store::values::{Param, bind_all, cmp_values, decode, seq_from_db, seq_to_db};
 
 /// How a [`Store`] connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,13 +213,6 @@ impl Store {
             }
         }
         for (def, rows) in &tables {
-            if self.dialect.backend == Backend::Postgres {
-                if let Err(source) = self.upsert_unnest(&mut tx, def, rows, shard_id).await {
-                    let _ = tx.rollback().await;
-                    return Err(source);
-                }
-                continue;
-            }
             // Full chunks share one SQL text (and so one prepared statement).
             let mut sql: Option<(usize, String)> = None;
             for chunk in rows.chunks(self.dialect.rows_per_statement(def.columns.len())) {
@@ -255,48 +242,6 @@ impl Store {
             .await
             .map_err(StoreError::db("committing the flush"))?;
         Ok(CommitOutcome::Committed)
-    }
-
-    /// PostgreSQL: adds `rows` to `def` through [`Dialect::upsert_unnest`], up to
-    /// [`UNNEST_ROWS`] rows per statement, each column one array literal.
-    async fn upsert_unnest(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        def: &TableDef,
-        rows: &[&AggRow],
-        shard_id: &str,
-    ) -> Result<(), StoreError> {
-        let (sql, plan) = self.dialect.upsert_unnest(def);
-        let mut arrays = vec![String::new(); plan.arrays.len()];
-        for chunk in rows.chunks(UNNEST_ROWS) {
-            for (array, &column) in arrays.iter_mut().zip(&plan.arrays) {
-                let c = &def.columns[column];
-                array.clear();
-                array.push('{');
-                for (i, row) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        array.push(',');
-                    }
-                    push_array_element(array, row_param(def, c, row, shard_id)?);
-                }
-                array.push('}');
-            }
-            let mut query = sqlx::query(&sql);
-            if plan.shard {
-                query = query.bind(shard_id);
-            }
-            for array in &arrays {
-                query = query.bind(array.as_str());
-            }
-            query
-                .execute(&mut **tx)
-                .await
-                .map_err(|source| StoreError::Database {
-                    context: format!("adding deltas to {}", def.name),
-                    source,
-                })?;
-        }
-        Ok(())
     }
 
     /// Checks the rows of one delta — shape and every value — and adds each granularity's

@@ -69,16 +69,6 @@ const MAX_ROWS_PER_STATEMENT: usize = 500;
 pub(crate) const MYSQL_COLLATIONS: [&str; 3] =
     ["utf8mb4_0900_bin", "utf8mb4_nopad_bin", "utf8mb4_bin"];
 
-/// Which parameters of [`Dialect::upsert_unnest`] carry what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct UnnestPlan {
-    /// `$1` is the shard id.
-    pub(crate) shard: bool,
-    /// The column (index into [`TableDef::columns`]) each array parameter holds, in parameter
-    /// order after the shard id.
-    pub(crate) arrays: Vec<usize>,
-}
-
 /// The SQL spelling of one backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Dialect {
@@ -373,20 +363,6 @@ impl Dialect {
     /// throughout, so one order serves all.
     pub(crate) fn upsert(&self, def: &TableDef, rows: usize) -> String {
         let mut s = self.sql();
-        self.push_insert_into(&mut s, def);
-        s.push(") VALUES ");
-        for r in 0..rows {
-            if r > 0 {
-                s.push(", ");
-            }
-            s.params_tuple(def.columns.len());
-        }
-        self.push_merge(&mut s, def);
-        s.finish()
-    }
-
-    /// `INSERT INTO <table> (<every column>`.
-    fn push_insert_into(&self, s: &mut Sql<'_>, def: &TableDef) {
         s.push("INSERT INTO ").ident(&def.name).push(" (");
         for (i, c) in def.columns.iter().enumerate() {
             if i > 0 {
@@ -394,11 +370,13 @@ impl Dialect {
             }
             s.ident(&c.name);
         }
-    }
-
-    /// The `ON CONFLICT … DO UPDATE SET …` (MySQL: `ON DUPLICATE KEY UPDATE …`) clause of an
-    /// upsert into `def`.
-    fn push_merge(&self, s: &mut Sql<'_>, def: &TableDef) {
+        s.push(") VALUES ");
+        for r in 0..rows {
+            if r > 0 {
+                s.push(", ");
+            }
+            s.params_tuple(def.columns.len());
+        }
         match self.backend {
             Backend::MySql => {
                 s.push(" ON DUPLICATE KEY UPDATE ");
@@ -427,65 +405,7 @@ impl Dialect {
             .filter_map(|c| self.merge_assignment(&def.name, c))
             .collect();
         s.push(&assignments.join(", "));
-    }
-
-    /// PostgreSQL's upsert of any number of rows in one statement:
-    /// `INSERT INTO t (…) SELECT … FROM UNNEST($2::BIGINT[], $3::TEXT[], …) AS u(…) ON CONFLICT …`
-    /// with the same merge as [`Dialect::upsert`]. Each column travels as one array literal
-    /// ([`crate::store::values::push_array_element`]) — one parameter per column whatever the
-    /// row count, one SQL text (one prepared statement) per table, no per-row expressions to
-    /// plan. `SHARD_ID`, the same in every row, is the scalar `$1`; `AGG_EVENT_TIMESTAMP`
-    /// repeats `AGG_TIMESTAMP`'s array. The plan says which column each array holds.
-    pub(crate) fn upsert_unnest(&self, def: &TableDef) -> (String, UnnestPlan) {
-        debug_assert_eq!(self.backend, Backend::Postgres);
-        let mut plan = UnnestPlan {
-            shard: def.columns.iter().any(|c| c.role == Role::Shard),
-            arrays: Vec::new(),
-        };
-        let mut next_param = usize::from(plan.shard) + 1;
-        let mut select = Vec::with_capacity(def.columns.len());
-        let mut unnest = Vec::new();
-        let mut aliases = Vec::new();
-        let mut timestamp_alias = None;
-        for (i, c) in def.columns.iter().enumerate() {
-            match c.role {
-                Role::Shard => select.push("$1".to_owned()),
-                Role::EventTimestamp if timestamp_alias.is_some() => {
-                    select.push(timestamp_alias.clone().unwrap_or_default());
-                }
-                _ => {
-                    let alias = format!("u.c{i}");
-                    if c.role == Role::Timestamp {
-                        timestamp_alias = Some(alias.clone());
-                    }
-                    select.push(alias);
-                    unnest.push(format!("${next_param}::{}[]", self.array_element_type(c)));
-                    aliases.push(format!("c{i}"));
-                    plan.arrays.push(i);
-                    next_param += 1;
-                }
-            }
-        }
-        let mut s = self.sql();
-        self.push_insert_into(&mut s, def);
-        s.push(") SELECT ")
-            .push(&select.join(", "))
-            .push(" FROM UNNEST(")
-            .push(&unnest.join(", "))
-            .push(") AS u(")
-            .push(&aliases.join(", "))
-            .push(")");
-        self.push_merge(&mut s, def);
-        (s.finish(), plan)
-    }
-
-    /// The element type of a column's array in [`Dialect::upsert_unnest`]: `TEXT` for strings
-    /// (the column's `VARCHAR(n)` applies on insert; lengths are checked before).
-    fn array_element_type(&self, c: &ColumnDef) -> String {
-        match c.sql_type {
-            SqlType::Varchar(_) => "TEXT".into(),
-            ty => self.type_name(ty),
-        }
+        s.finish()
     }
 
     /// Selects a table's rows with `AGG_TIMESTAMP` in `[?, ?)`, every column but
@@ -956,35 +876,6 @@ mod tests {
         );
         // AGG_LAST_EVENT_TIMESTAMP is the final assignment.
         assert!(my.ends_with("ELSE `AGG_LAST_EVENT_TIMESTAMP` END"));
-
-        // PostgreSQL's array form: the same merge, one array per column, the shard id a scalar
-        // and the event timestamp a copy of the bucket's.
-        let mut sharded = layout.clone();
-        sharded.partitioned = true;
-        sharded.event_time = true;
-        let def = TableDef::new(&sharded, Granularity::Seconds, true).unwrap();
-        let (sql, plan) = pg.upsert_unnest(&def);
-        let merge = &expected_pg[expected_pg.find(" ON CONFLICT").unwrap()..].replace(
-            "(\"AGG_TIMESTAMP\", \"country\")",
-            "(\"AGG_TIMESTAMP\", \"SHARD_ID\", \"AGG_EVENT_TIMESTAMP\", \"country\")",
-        );
-        assert_eq!(
-            sql,
-            format!(
-                "INSERT INTO {t} (\"AGG_TIMESTAMP\", \"SHARD_ID\", \"AGG_EVENT_TIMESTAMP\", \"country\", \
-                 \"api\", \"AGG_LAST_EVENT_TIMESTAMP\", \"AGG_COUNT\", \"s\", \"lo\", \"hi\") \
-                 SELECT u.c0, $1, u.c0, u.c3, u.c4, u.c5, u.c6, u.c7, u.c8, u.c9 FROM UNNEST($2::BIGINT[], \
-                 $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], $8::TEXT[], \
-                 $9::DOUBLE PRECISION[]) AS u(c0, c3, c4, c5, c6, c7, c8, c9){merge}"
-            )
-        );
-        assert_eq!(
-            plan,
-            UnnestPlan {
-                shard: true,
-                arrays: vec![0, 3, 4, 5, 6, 7, 8, 9]
-            }
-        );
     }
 
     #[test]

@@ -68,41 +68,6 @@ impl<'a> Param<'a> {
     }
 }
 
-/// Appends `p` as one element of a PostgreSQL array literal (`{…}`): strings always
-/// double-quoted with a backslash before `"` and `\`, `NULL` unquoted, numbers in their shortest
-/// exact decimal form (the database parses back the same value), booleans `t`/`f`. Values were
-/// checked before: strings hold no NUL, floats are finite.
-pub(crate) fn push_array_element(out: &mut String, p: Param<'_>) {
-    use std::fmt::Write as _;
-    // Writing to a String cannot fail.
-    let _ = match p {
-        Param::Null(_) => {
-            out.push_str("NULL");
-            Ok(())
-        }
-        Param::Str(s) => {
-            out.reserve(s.len() + 2);
-            out.push('"');
-            for c in s.chars() {
-                if c == '"' || c == '\\' {
-                    out.push('\\');
-                }
-                out.push(c);
-            }
-            out.push('"');
-            Ok(())
-        }
-        Param::Int(x) => write!(out, "{x}"),
-        Param::Long(x) => write!(out, "{x}"),
-        Param::Float(x) => write!(out, "{x}"),
-        Param::Double(x) => write!(out, "{x}"),
-        Param::Bool(x) => {
-            out.push(if x { 't' } else { 'f' });
-            Ok(())
-        }
-    };
-}
-
 /// Binds every parameter in order.
 pub(crate) fn bind_all<'a>(mut q: AnyQuery<'a>, params: &[Param<'a>]) -> AnyQuery<'a> {
     for p in params {
@@ -205,41 +170,6 @@ fn rank(v: &Value) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn array_elements_are_quoted_and_exact() {
-        let mut out = String::new();
-        for (i, p) in [
-            Param::Str(r#"a "quoted", {braced} \ back"#),
-            Param::Str(""),
-            Param::Str("NULL"),
-            Param::Null(AttrType::String),
-            Param::Int(i32::MIN),
-            Param::Long(i64::MAX),
-            Param::Float(f32::MAX),
-            Param::Double(0.1),
-            Param::Double(-0.0),
-            Param::Bool(true),
-            Param::Bool(false),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if i > 0 {
-                out.push(',');
-            }
-            push_array_element(&mut out, p);
-        }
-        assert_eq!(
-            out,
-            r#""a \"quoted\", {braced} \\ back","","NULL",NULL,-2147483648,9223372036854775807,340282350000000000000000000000000000000,0.1,-0,t,f"#
-        );
-        // Shortest exact forms: parsing back gives the same value.
-        assert_eq!(
-            "340282350000000000000000000000000000000".parse::<f32>(),
-            Ok(f32::MAX)
-        );
-    }
 
     #[test]
     fn seq_round_trips_every_u64() {

@@ -1332,8 +1332,7 @@ async fn many_rows_are_chunked_under_parameter_limits() {
         schema(&store, std::slice::from_ref(&layout)).await;
         let t = ms("2026-11-20T10:00:00Z");
         let h = Granularity::Hours.bucket_start(t);
-        // More rows than one PostgreSQL UNNEST statement takes (5,000), and than one multi-row
-        // VALUES statement takes anywhere.
+        // Many more rows than one multi-row statement takes (500) on any backend.
         let rows: Vec<AggRow> = (0..6_001)
             .map(|i| {
                 geo_row(
