@@ -15,8 +15,8 @@ use std::fmt;
 use crate::layout::MeasureKind;
 use crate::store::error::StoreError;
 use crate::store::schema::{
-    AGG_LAST_EVENT_TIMESTAMP, AGG_TIMESTAMP, ColumnDef, ID_MAX_CHARS, Role, SHARD_ID_MAX_CHARS,
-    SqlType, TableDef,
+    AGG_LAST_EVENT_TIMESTAMP, AGG_TIMESTAMP, ColumnDef, ID_MAX_CHARS, Role, SHARD_ID,
+    SHARD_ID_MAX_CHARS, SqlType, TableDef,
 };
 
 /// The kind of database behind a [`crate::store::Store`].
@@ -363,6 +363,21 @@ impl Dialect {
     /// throughout, so one order serves all.
     pub(crate) fn upsert(&self, def: &TableDef, rows: usize) -> String {
         let mut s = self.sql();
+        self.push_insert_values(&mut s, def, rows);
+        self.push_merge(&mut s, def);
+        s.finish()
+    }
+
+    /// A plain multi-row `INSERT` of `rows` rows into `def`, for rows known not to exist yet: it
+    /// skips the upsert's conflict check, and fails on a duplicate key if they do exist.
+    pub(crate) fn insert(&self, def: &TableDef, rows: usize) -> String {
+        let mut s = self.sql();
+        self.push_insert_values(&mut s, def, rows);
+        s.finish()
+    }
+
+    /// `INSERT INTO <table> (<every column>) VALUES (…), …` with `rows` tuples.
+    fn push_insert_values(&self, s: &mut Sql<'_>, def: &TableDef, rows: usize) {
         s.push("INSERT INTO ").ident(&def.name).push(" (");
         for (i, c) in def.columns.iter().enumerate() {
             if i > 0 {
@@ -377,6 +392,11 @@ impl Dialect {
             }
             s.params_tuple(def.columns.len());
         }
+    }
+
+    /// The `ON CONFLICT … DO UPDATE SET …` (MySQL: `ON DUPLICATE KEY UPDATE …`) clause of an
+    /// upsert into `def`.
+    fn push_merge(&self, s: &mut Sql<'_>, def: &TableDef) {
         match self.backend {
             Backend::MySql => {
                 s.push(" ON DUPLICATE KEY UPDATE ");
@@ -405,6 +425,19 @@ impl Dialect {
             .filter_map(|c| self.merge_assignment(&def.name, c))
             .collect();
         s.push(&assignments.join(", "));
+    }
+
+    /// The highest `AGG_TIMESTAMP` of one shard's rows in a partitioned table (NULL: none).
+    pub(crate) fn max_bucket_of_shard(&self, table: &str) -> String {
+        let mut s = self.sql();
+        s.push("SELECT MAX(")
+            .ident(AGG_TIMESTAMP)
+            .push(") FROM ")
+            .ident(table)
+            .push(" WHERE ")
+            .ident(SHARD_ID)
+            .push(" = ")
+            .param();
         s.finish()
     }
 

@@ -1590,3 +1590,68 @@ async fn in_memory_sqlite_keeps_one_database() {
     );
     store.close().await;
 }
+
+/// Rows above a shard's newest bucket are written with plain INSERTs. Another writer with the
+/// same shard id (here a second store; in life a worker that lost its lease without noticing)
+/// can make that belief wrong: the flush is then written again with upserts, adding exactly,
+/// and later commits go on adding.
+#[tokio::test]
+async fn rows_another_writer_of_the_shard_wrote_are_added_to() {
+    on_every_backend(|db| async move {
+        let layout = geo(true);
+        let a = db.store().await;
+        let b = db.store().await;
+        schema(&a, std::slice::from_ref(&layout)).await;
+        let t0 = ms("2026-11-20T10:00:00Z");
+        // The next year: above t0's bucket at every granularity.
+        let t1 = ms("2027-03-04T05:06:07Z");
+        let row = |count: i64| {
+            move |bucket| {
+                geo_row(
+                    bucket,
+                    "Italy",
+                    "Naples",
+                    bucket,
+                    None,
+                    count,
+                    Some(count),
+                    Some(count),
+                    Some(count),
+                )
+            }
+        };
+        // `a` learns the shard's newest buckets (t0's); `b` then writes t1's, which `a` takes
+        // for new rows.
+        let steps = [
+            (&a, t0, 1, 1),
+            (&b, t1, 2, 2),
+            (&a, t1, 3, 3),
+            (&a, t1, 4, 4),
+        ];
+        for (store, ts, count, seq) in steps {
+            let delta = everywhere(&layout, ts, row(count));
+            assert_eq!(
+                commit(store, "n1", &[batch("gw", seq)], &layout, &delta).await,
+                CommitOutcome::Committed
+            );
+        }
+        for g in Granularity::ALL {
+            let rows = all_rows(&a, &layout, g).await;
+            let counts: Vec<(i64, i64)> =
+                rows.iter().map(|r| (r.row.bucket, r.row.count)).collect();
+            assert_eq!(
+                counts,
+                vec![(g.bucket_start(t0), 1), (g.bucket_start(t1), 9)],
+                "{g:?} on {:?}",
+                db.backend
+            );
+            assert_eq!(rows[1].row.measures[0], Value::Long(9));
+            assert_eq!(rows[1].row.measures[1], Value::Long(2));
+            assert_eq!(rows[1].row.measures[2], Value::Long(4));
+        }
+        a.close().await;
+        b.close().await;
+        db
+    })
+    .await;
+}
