@@ -137,7 +137,7 @@ pub(crate) struct BenchArgs {
     /// Seconds the `naive` baseline runs (its rate is extrapolated to --events).
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub(crate) naive_seconds: f64,
-    /// Seconds of 1,000-row upsert transactions measuring the database's batched-upsert rate;
+    /// Seconds of 1,000-row commit transactions measuring the database's batched write rate;
     /// 0 skips it.
     #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
     pub(crate) calibrate_seconds: f64,

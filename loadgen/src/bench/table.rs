@@ -163,7 +163,7 @@ pub(crate) fn render(s: &BenchSummary) -> String {
     if let Some(d) = &s.database {
         let _ = writeln!(
             out,
-            "database ({}): {} rows/s in {}-row upsert transactions on one connection ({} transactions)",
+            "database ({}): {} rows/s in {}-row commit transactions on one connection ({} transactions)",
             d.backend,
             thousands(d.batched_upsert_rows_per_sec),
             d.rows_per_transaction,

@@ -274,7 +274,7 @@ impl Store {
                 // A failed rollback only matters to the connection, which the pool then drops.
                 let _ = tx.rollback().await;
                 if err.is_unique_violation() {
-                    let duplicates = self.committed_among(&ids).await?;
+                    let duplicates = self.committed_among(ids).await?;
                     debug!(
                         count = duplicates.len(),
                         "commit refused: batches already committed"
