@@ -42,8 +42,8 @@ use shardtally_loadgen::scenario::{
 };
 use shardtally_publisher::protocol::StreamSchema;
 use shardtally_publisher::{
-    ConfigError, DeliveryReport, FullPolicy, Outcome, PublishError, Publisher, Stats, UrlSet,
-    Value, ValueRef,
+    ConfigError, DeliveryReport, FullPolicy, Outcome, PublishError, Publisher, PublisherBuilder,
+    Stats, UrlSet, Value, ValueRef,
 };
 use shardtally_worker::catalog::{Catalog, CatalogError};
 use shardtally_worker::config::AppSource;
@@ -671,17 +671,36 @@ fn build_publisher(
     phase: usize,
     part: usize,
 ) -> Result<Publisher, ConfigError> {
+    loadgen_publisher(
+        url_set,
+        format!("loadgen-p{}-{part}", phase + 1),
+        concat!("shardtally-loadgen/", env!("CARGO_PKG_VERSION")),
+        schema,
+        DELIVERY_DEADLINE,
+    )
+    .build()
+}
+
+/// The settings every loadgen publisher (`run`'s and `bench`'s) shares: delivery reports on,
+/// `publish` waits up to [`BLOCK_TIMEOUT`] for buffer space, reconnects within 50–500 ms, and
+/// an event unacked after `delivery_deadline` is given up (counted failed).
+pub(crate) fn loadgen_publisher(
+    url_set: &str,
+    publisher_id: String,
+    client_name: &str,
+    schema: &StreamSchema,
+    delivery_deadline: Duration,
+) -> PublisherBuilder {
     Publisher::builder(url_set)
-        .publisher_id(format!("loadgen-p{}-{part}", phase + 1))
-        .client_name(concat!("shardtally-loadgen/", env!("CARGO_PKG_VERSION")))
+        .publisher_id(publisher_id)
+        .client_name(client_name)
         .schema(schema.clone())
         .delivery_reports(true)
         .full_policy(FullPolicy::Block {
             timeout: BLOCK_TIMEOUT,
         })
         .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
-        .delivery_deadline(DELIVERY_DEADLINE)
-        .build()
+        .delivery_deadline(delivery_deadline)
 }
 
 /// When each event of one publisher of a rate-limited phase is due.

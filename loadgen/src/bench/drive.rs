@@ -15,17 +15,15 @@ use shardtally_loadgen::scenario::Rate;
 use shardtally_loadgen::workload::Workload;
 use shardtally_publisher::protocol::StreamSchema;
 use shardtally_publisher::{
-    ConfigError, DeliveryReport, FullPolicy, Outcome, PublishError, Publisher, ValueRef,
+    ConfigError, DeliveryReport, Outcome, PublishError, Publisher, ValueRef,
 };
 use tokio::sync::mpsc;
 
-use crate::run::Pace;
+use crate::run::{Pace, loadgen_publisher};
 
 /// The stream the workload's events belong to (the bundled GeoLocation app's).
 pub(crate) const STREAM: &str = "geoTempStream";
 
-/// How long `publish` waits for buffer space (an event that waits longer is dropped, counted).
-const BLOCK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an event may stay unacked before the publisher gives it up (counted failed).
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(300);
 /// How long `close` waits for the last acks.
@@ -107,27 +105,20 @@ pub(crate) async fn drive(
     let mut publishers = Vec::with_capacity(m);
     let mut report_rxs = Vec::with_capacity(m);
     for k in 0..m {
-        let mut builder = Publisher::builder(&o.url_set);
+        let mut builder = loadgen_publisher(
+            &o.url_set,
+            format!("{}-p{k}", o.tag),
+            concat!("shardtally-loadgen-bench/", env!("CARGO_PKG_VERSION")),
+            schema,
+            DELIVERY_DEADLINE,
+        );
         if let Some(n) = o.batch_events {
             builder = builder.batch_max_events(n);
         }
         if let Some(n) = o.in_flight {
             builder = builder.max_in_flight_per_connection(n);
         }
-        let publisher = builder
-            .publisher_id(format!("{}-p{k}", o.tag))
-            .client_name(concat!(
-                "shardtally-loadgen-bench/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .schema(schema.clone())
-            .delivery_reports(true)
-            .full_policy(FullPolicy::Block {
-                timeout: BLOCK_TIMEOUT,
-            })
-            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
-            .delivery_deadline(DELIVERY_DEADLINE)
-            .build()?;
+        let publisher = builder.build()?;
         let reports = publisher
             .take_delivery_reports()
             .ok_or_else(|| ConfigError::Invalid {

@@ -1,11 +1,11 @@
 //! `shardtally-loadgen publish < events.jsonl` against a worker the test starts (the loadgen's
 //! own hidden `worker serve`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::common::{TempDir, Worker, run, run_piped, scenarios_dir};
+use crate::common::{Output, TempDir, Worker, run, run_piped, scenarios_dir};
 
 const BY_CITY: &str = "from GeoLocationAgg within \"2026-11-20 10:**:**\" per \"hours\" \
                        select country, city, totalRequestCount order by country, city";
@@ -20,6 +20,30 @@ const GOOD: &str = r#"{"apiName": "PizzaShackAPI", "country": "Italy", "city": "
 {"country": "Côte d'Ivoire", "city": "Abidjan \"🌴\"", "requestTimestamp": "2026-11-20T11:30:00+01:00"}
 {"country": "Italy", "city": "Naples", "requestTimestamp": "2026-11-20T10:59:59.999Z"}
 "#;
+
+/// `out` reports every event of [`GOOD`] acked.
+fn assert_good_acked(out: &Output) {
+    assert!(
+        out.stderr.contains("4 event(s) to geoTempStream: 4 acked"),
+        "{}",
+        out.text()
+    );
+}
+
+/// The worker's hour holds [`GOOD`]'s events `times` times over.
+fn assert_good_stored(worker: &Worker, app: &Path, times: i64) {
+    assert_eq!(
+        worker.query(app, BY_CITY),
+        [
+            vec![
+                json!("Côte d'Ivoire"),
+                json!("Abidjan \"🌴\""),
+                json!(times)
+            ],
+            vec![json!("Italy"), json!("Naples"), json!(3 * times)],
+        ]
+    );
+}
 
 #[test]
 fn publish_over_tls_with_a_client_certificate() {
@@ -59,18 +83,8 @@ fn publish_over_tls_with_a_client_certificate() {
         Some(&events),
     );
     assert_eq!(out.code, 0, "{}", out.text());
-    assert!(
-        out.stderr.contains("4 event(s) to geoTempStream: 4 acked"),
-        "{}",
-        out.text()
-    );
-    assert_eq!(
-        worker.query(&app, BY_CITY),
-        [
-            vec![json!("Côte d'Ivoire"), json!("Abidjan \"🌴\""), json!(1)],
-            vec![json!("Italy"), json!("Naples"), json!(3)],
-        ]
-    );
+    assert_good_acked(&out);
+    assert_good_stored(&worker, &app, 1);
 
     // A file that is not PEM: exit 2 naming the flag's material.
     let out = run(
@@ -114,18 +128,8 @@ fn a_jsonl_file_is_published_and_queryable() {
         Some(&events),
     );
     assert_eq!(out.code, 0, "{}", out.text());
-    assert!(
-        out.stderr.contains("4 event(s) to geoTempStream: 4 acked"),
-        "{}",
-        out.text()
-    );
-    assert_eq!(
-        worker.query(&app, BY_CITY),
-        [
-            vec![json!("Côte d'Ivoire"), json!("Abidjan \"🌴\""), json!(1)],
-            vec![json!("Italy"), json!("Naples"), json!(3)],
-        ]
-    );
+    assert_good_acked(&out);
+    assert_good_stored(&worker, &app, 1);
 
     // Again with the schema the worker announces, paced.
     let out = run(
@@ -141,13 +145,7 @@ fn a_jsonl_file_is_published_and_queryable() {
         Some(&events),
     );
     assert_eq!(out.code, 0, "{}", out.text());
-    assert_eq!(
-        worker.query(&app, BY_CITY),
-        [
-            vec![json!("Côte d'Ivoire"), json!("Abidjan \"🌴\""), json!(2)],
-            vec![json!("Italy"), json!("Naples"), json!(6)],
-        ]
-    );
+    assert_good_stored(&worker, &app, 2);
 }
 
 #[test]
@@ -215,18 +213,8 @@ fn bad_lines_are_reported_with_their_line_number() {
         "{}",
         out.text()
     );
-    assert!(
-        out.stderr.contains("4 event(s) to geoTempStream: 4 acked"),
-        "{}",
-        out.text()
-    );
-    assert_eq!(
-        worker.query(&app, BY_CITY),
-        [
-            vec![json!("Côte d'Ivoire"), json!("Abidjan \"🌴\""), json!(1)],
-            vec![json!("Italy"), json!("Naples"), json!(3)],
-        ]
-    );
+    assert_good_acked(&out);
+    assert_good_stored(&worker, &app, 1);
 
     // Not JSON at all.
     let file = dir.write("garbage.jsonl", "{\"country\": \"Italy\"}\nnot json\n");

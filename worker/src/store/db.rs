@@ -222,25 +222,22 @@ impl Store {
         // Rows above the shard's newest bucket go in as plain INSERTs (see `Frontier`); if one
         // existed after all, the flush is written again with upserts only.
         let mut fresh = self.fresh_rows(shard_id, &tables).await;
-        let mut written = self.write_flush(shard_id, &ids, &tables, &fresh).await?;
-        if let Written::RowExisted(table) = written {
-            debug!(%table, shard_id, "a row believed new existed: writing the flush with upserts only");
-            self.forget_frontier(shard_id, &table);
-            fresh = vec![0; tables.len()];
-            written = self.write_flush(shard_id, &ids, &tables, &fresh).await?;
-        }
-        match written {
-            Written::Committed => {
-                self.advance_frontiers(shard_id, &tables);
-                Ok(CommitOutcome::Committed)
+        loop {
+            match self.write_flush(shard_id, &ids, &tables, &fresh).await? {
+                Written::Committed => {
+                    self.advance_frontiers(shard_id, &tables);
+                    return Ok(CommitOutcome::Committed);
+                }
+                Written::Duplicates(duplicates) => {
+                    return Ok(CommitOutcome::Duplicates(duplicates));
+                }
+                // With nothing inserted, the next attempt cannot end here again.
+                Written::RowExisted(table) => {
+                    debug!(%table, shard_id, "a row believed new existed: writing the flush with upserts only");
+                    self.forget_frontier(shard_id, &table);
+                    fresh = vec![0; tables.len()];
+                }
             }
-            Written::Duplicates(duplicates) => Ok(CommitOutcome::Duplicates(duplicates)),
-            Written::RowExisted(table) => Err(StoreError::Database {
-                context: format!("adding deltas to {table}"),
-                source: sqlx::Error::Protocol(
-                    "a plain INSERT was used with upserts only (a bug)".into(),
-                ),
-            }),
         }
     }
 
