@@ -12,6 +12,7 @@
 
 use std::fmt;
 
+use crate::bucket::Granularity;
 use crate::layout::MeasureKind;
 use crate::store::error::StoreError;
 use crate::store::schema::{
@@ -64,15 +65,15 @@ impl fmt::Display for Backend {
 /// statements (and TiDB/CockroachDB transaction entries) moderate.
 const MAX_ROWS_PER_STATEMENT: usize = 500;
 
-/// PostgreSQL `fillfactor` of aggregation tables: half of each page is left for the new versions
-/// of rewritten rows (see `Dialect::table_suffix`).
-pub(crate) const POSTGRES_AGGREGATION_FILLFACTOR: u8 = 50;
+/// PostgreSQL `fillfactor` of the aggregation tables coarser than SECONDS: half of each page is
+/// left for the new versions of rows rewritten on every commit (see `Dialect::table_suffix`).
+pub(crate) const POSTGRES_REWRITTEN_FILLFACTOR: u8 = 50;
 
 /// What a table is for, which decides the storage options after its `CREATE TABLE`.
 #[derive(Debug, Clone, Copy)]
 enum TableUse {
-    /// `<Agg>_<GRANULARITY>`: rows added to on every commit.
-    Aggregation,
+    /// `<Agg>_<GRANULARITY>`: rows added to by commits.
+    Aggregation(Granularity),
     /// `shardtally_batches`: inserted once, deleted past the dedup window.
     Dedup,
     /// The small node and lease tables.
@@ -237,16 +238,19 @@ impl Dialect {
     fn table_suffix(&self, usage: TableUse) -> String {
         match (self.backend, usage) {
             // Clustered by primary key, as InnoDB is.
-            (Backend::Sqlite, TableUse::Aggregation | TableUse::Dedup) => " WITHOUT ROWID".into(),
-            // Every commit rewrites the rows of the current minute, hour, … year (and, with
-            // live traffic, of the current second) of every key it saw. PostgreSQL writes an
-            // updated row as a new version; with free space on its page that is a HOT update (no
-            // index entry, the old version pruned in place), on a full page it is a new index
-            // entry and a dead row to vacuum. Half-full pages: 2–3× cheaper rewrites and smaller
-            // tables and indexes (measured: 40 rewrites of 5,000 rows 136 → 48 ms each, 40 MB →
-            // 1.7 MB), for ~5 % slower first inserts.
-            (Backend::Postgres, TableUse::Aggregation) => {
-                format!(" WITH (fillfactor = {POSTGRES_AGGREGATION_FILLFACTOR})")
+            (Backend::Sqlite, TableUse::Aggregation(_) | TableUse::Dedup) => {
+                " WITHOUT ROWID".into()
+            }
+            // Every commit rewrites the rows of the current minute, hour, … year of every key
+            // it saw. PostgreSQL writes an updated row as a new version: with free space on its
+            // page that is a HOT update (no index entry; the old version is pruned in place), on
+            // a full page a new index entry and a dead row for vacuum. Half-full pages make
+            // those rewrites 2–3× cheaper and keep the tables small (measured: 40 rewrites of
+            // 5,000 rows 136 → 48 ms each, 40 MB → 1.7 MB). A SECONDS row is rewritten at most
+            // about once per flush during its second, then never: that table, the largest by
+            // far, keeps full pages (a replay, which mostly inserts, ran ~5 % faster so).
+            (Backend::Postgres, TableUse::Aggregation(g)) if g != Granularity::Seconds => {
+                format!(" WITH (fillfactor = {POSTGRES_REWRITTEN_FILLFACTOR})")
             }
             (Backend::Sqlite | Backend::Postgres, _) => String::new(),
             (Backend::MySql, _) => format!(
@@ -285,7 +289,7 @@ impl Dialect {
             s.ident(name);
         }
         s.push("))");
-        s.push(&self.table_suffix(TableUse::Aggregation));
+        s.push(&self.table_suffix(TableUse::Aggregation(def.granularity)));
         s.finish()
     }
 
@@ -862,6 +866,11 @@ mod tests {
                     "\"city\" VARCHAR(254) COLLATE \"C\""
                 )
             )
+        );
+        let seconds = TableDef::new(&geo_layout(), Granularity::Seconds, true).unwrap();
+        assert!(
+            !pg.create_table(&seconds, &seconds.name, true)
+                .contains("fillfactor")
         );
         assert_eq!(
             sqlite.create_table(&def, &def.name, true),

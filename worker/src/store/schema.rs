@@ -256,6 +256,8 @@ pub(crate) struct TableDef {
     pub(crate) primary_key: Vec<usize>,
     /// Length of string group-by columns.
     pub(crate) key_chars: usize,
+    /// The granularity whose buckets the table holds.
+    pub(crate) granularity: Granularity,
 }
 
 impl TableDef {
@@ -352,6 +354,7 @@ impl TableDef {
             columns,
             primary_key,
             key_chars,
+            granularity,
         })
     }
 
