@@ -161,7 +161,9 @@ async fn health(State(state): State<Arc<HttpState>>) -> Response {
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     (
         [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(&state.node_id, &state.shard_id),
+        state
+            .metrics
+            .render(&state.node_id, &state.shard_id, state.store.write_counts()),
     )
         .into_response()
 }

@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
+use crate::store::WriteCounts;
+
 /// Every counter the worker exports. All fields are monotonic counters unless named as gauges.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -29,7 +31,7 @@ pub struct Metrics {
     pub batches_committed: AtomicU64,
     /// Events committed by this worker.
     pub events_committed: AtomicU64,
-    /// Aggregate rows written (upserted) across all granularities.
+    /// Aggregate rows written across all granularities.
     pub rows_written: AtomicU64,
     /// Flush transactions committed.
     pub commits: AtomicU64,
@@ -56,8 +58,9 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Renders the Prometheus text exposition format, labelled with node and shard.
-    pub fn render(&self, node_id: &str, shard_id: &str) -> String {
+    /// Renders the Prometheus text exposition format, labelled with node and shard, with the
+    /// store's `writes`.
+    pub fn render(&self, node_id: &str, shard_id: &str, writes: WriteCounts) -> String {
         let labels = format!(
             "node_id=\"{}\",shard_id=\"{}\"",
             escape(node_id),
@@ -122,8 +125,18 @@ impl Metrics {
         );
         counter(
             "rows_written_total",
-            "Aggregate rows upserted, all granularities.",
+            "Aggregate rows written, all granularities.",
             r(&self.rows_written),
+        );
+        counter(
+            "rows_inserted_total",
+            "Of the rows written, those in new buckets, written with a plain INSERT.",
+            writes.rows_inserted,
+        );
+        counter(
+            "flushes_rewritten_total",
+            "Flushes rolled back because a row believed new existed, then written with upserts.",
+            writes.flushes_rewritten,
         );
         counter(
             "commits_total",
@@ -178,11 +191,22 @@ mod tests {
     fn renders_prometheus_text_with_labels() {
         let m = Metrics::new();
         Metrics::add(&m.events_committed, 70_000);
-        let text = m.render("n\"1", "s1");
+        let writes = WriteCounts {
+            rows_inserted: 5,
+            rows_upserted: 7,
+            flushes_rewritten: 1,
+        };
+        let text = m.render("n\"1", "s1", writes);
         assert!(text.contains(
             "shardtally_events_committed_total{node_id=\"n\\\"1\",shard_id=\"s1\"} 70000\n"
         ));
         assert!(text.contains("# TYPE shardtally_pending_events gauge\n"));
+        assert!(
+            text.contains("shardtally_rows_inserted_total{node_id=\"n\\\"1\",shard_id=\"s1\"} 5\n")
+        );
+        assert!(text.contains(
+            "shardtally_flushes_rewritten_total{node_id=\"n\\\"1\",shard_id=\"s1\"} 1\n"
+        ));
         assert!(text.contains("shardtally_database_up{node_id=\"n\\\"1\",shard_id=\"s1\"} 1\n"));
     }
 }

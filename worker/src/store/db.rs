@@ -1,6 +1,7 @@
 //! [`Store`]: the connection pool, the exactly-once commit of a flush, reads and purges.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,6 +70,27 @@ pub struct Store {
     pub(crate) dialect: Dialect,
     /// Per `(shard id, table)`: what is known of the shard's highest bucket there.
     frontiers: Arc<Mutex<HashMap<(String, String), Frontier>>>,
+    /// How committed rows were written (see [`Store::write_counts`]).
+    counters: Arc<WriteCounters>,
+}
+
+/// How the rows of the flushes a [`Store`] committed were written, since it connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteCounts {
+    /// Rows written with a plain `INSERT`: buckets above the shard's newest (see `Frontier`).
+    pub rows_inserted: u64,
+    /// Rows added to an existing row or inserted by an upsert.
+    pub rows_upserted: u64,
+    /// Flushes rolled back because a row believed new existed (another writer of the shard),
+    /// then written again with upserts only.
+    pub flushes_rewritten: u64,
+}
+
+#[derive(Debug, Default)]
+struct WriteCounters {
+    rows_inserted: AtomicU64,
+    rows_upserted: AtomicU64,
+    flushes_rewritten: AtomicU64,
 }
 
 /// What a [`Store`] knows of the newest bucket one shard has in one partitioned table.
@@ -83,7 +105,7 @@ pub struct Store {
 enum Frontier {
     /// No row of the shard has a bucket above this (`i64::MIN`: the shard has no rows).
     Above(i64),
-    /// The highest bucket could not be found out (the query failed or took too long): upserts only.
+    /// Finding out the highest bucket took too long: upserts only.
     Unknown,
 }
 
@@ -155,7 +177,18 @@ impl Store {
             pool,
             dialect,
             frontiers: Arc::default(),
+            counters: Arc::default(),
         })
+    }
+
+    /// How the rows of the flushes this store (and its clones) committed were written.
+    pub fn write_counts(&self) -> WriteCounts {
+        let c = &self.counters;
+        WriteCounts {
+            rows_inserted: c.rows_inserted.load(Ordering::Relaxed),
+            rows_upserted: c.rows_upserted.load(Ordering::Relaxed),
+            flushes_rewritten: c.flushes_rewritten.load(Ordering::Relaxed),
+        }
     }
 
     /// The kind of database connected to.
@@ -226,6 +259,13 @@ impl Store {
             match self.write_flush(shard_id, &ids, &tables, &fresh).await? {
                 Written::Committed => {
                     self.advance_frontiers(shard_id, &tables);
+                    let rows: usize = tables.iter().map(|(_, rows)| rows.len()).sum();
+                    let inserted: usize = fresh.iter().sum();
+                    let c = &self.counters;
+                    c.rows_inserted
+                        .fetch_add(inserted as u64, Ordering::Relaxed);
+                    c.rows_upserted
+                        .fetch_add((rows - inserted) as u64, Ordering::Relaxed);
                     return Ok(CommitOutcome::Committed);
                 }
                 Written::Duplicates(duplicates) => {
@@ -235,6 +275,9 @@ impl Store {
                 Written::RowExisted(table) => {
                     debug!(%table, shard_id, "a row believed new existed: writing the flush with upserts only");
                     self.forget_frontier(shard_id, &table);
+                    self.counters
+                        .flushes_rewritten
+                        .fetch_add(1, Ordering::Relaxed);
                     fresh = vec![0; tables.len()];
                 }
             }
@@ -340,11 +383,11 @@ impl Store {
             let known = self.frontiers_lock().get(&key).copied();
             let frontier = match known {
                 Some(f) => f,
-                None => {
-                    let f = self.look_up_frontier(shard_id, &def.name).await;
-                    self.frontiers_lock().entry(key).or_insert(f);
-                    f
-                }
+                // A failed look-up is not remembered: the next commit asks again.
+                None => match self.look_up_frontier(shard_id, &def.name).await {
+                    Some(f) => *self.frontiers_lock().entry(key).or_insert(f),
+                    None => Frontier::Unknown,
+                },
             };
             fresh.push(match frontier {
                 Frontier::Above(max) => rows.len() - rows.partition_point(|r| r.bucket <= max),
@@ -354,25 +397,27 @@ impl Store {
         fresh
     }
 
-    /// The shard's newest bucket in `table`, or [`Frontier::Unknown`] when that cannot be found
-    /// out within [`FRONTIER_LOOKUP_TIMEOUT`].
-    async fn look_up_frontier(&self, shard_id: &str, table: &str) -> Frontier {
+    /// The shard's newest bucket in `table`; [`Frontier::Unknown`] when finding it out takes
+    /// longer than [`FRONTIER_LOOKUP_TIMEOUT`] (remembered: that table is written with upserts
+    /// only); `None` when the query fails (the database is unreachable, say: asked again at the
+    /// next commit).
+    async fn look_up_frontier(&self, shard_id: &str, table: &str) -> Option<Frontier> {
         let sql = self.dialect.max_bucket_of_shard(table);
         let query = sqlx::query_scalar::<_, Option<i64>>(&sql)
             .bind(shard_id)
             .fetch_one(&self.pool);
         match tokio::time::timeout(FRONTIER_LOOKUP_TIMEOUT, query).await {
-            Ok(Ok(max)) => Frontier::Above(max.unwrap_or(i64::MIN)),
+            Ok(Ok(max)) => Some(Frontier::Above(max.unwrap_or(i64::MIN))),
             Ok(Err(error)) => {
-                debug!(table, shard_id, %error, "could not find the shard's newest bucket: upserts only");
-                Frontier::Unknown
+                debug!(table, shard_id, %error, "could not find the shard's newest bucket: upserts only, this time");
+                None
             }
             Err(_) => {
                 debug!(
                     table,
                     shard_id, "finding the shard's newest bucket took too long: upserts only"
                 );
-                Frontier::Unknown
+                Some(Frontier::Unknown)
             }
         }
     }

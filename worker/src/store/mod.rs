@@ -40,7 +40,7 @@ mod schema;
 mod shard;
 mod values;
 
-pub use db::{BatchId, CommitOutcome, Store, StoreOptions};
+pub use db::{BatchId, CommitOutcome, Store, StoreOptions, WriteCounts};
 pub use dialect::Backend;
 pub use error::{StoreError, ValueError};
 pub(crate) use schema::check_typed;

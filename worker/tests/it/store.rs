@@ -8,6 +8,7 @@ use shardtally_worker::bucket::Granularity;
 use shardtally_worker::layout::{AggRow, Column, Delta, Layout, Measure, MeasureKind, StoredRow};
 use shardtally_worker::store::{
     Backend, BatchId, CommitOutcome, LeaseOutcome, Store, StoreError, StoreOptions, ValueError,
+    WriteCounts,
 };
 
 use crate::common::{TestDb, on_every_backend};
@@ -1649,8 +1650,78 @@ async fn rows_another_writer_of_the_shard_wrote_are_added_to() {
             assert_eq!(rows[1].row.measures[1], Value::Long(2));
             assert_eq!(rows[1].row.measures[2], Value::Long(4));
         }
+        // `a`: t0's rows new (inserted); t1's believed new, found written by `b`, so that flush
+        // was rewritten with upserts; the next t1 flush knew better.
+        let expected_a = WriteCounts {
+            rows_inserted: 6,
+            rows_upserted: 12,
+            flushes_rewritten: 1,
+        };
+        assert_eq!(a.write_counts(), expected_a, "{:?}", db.backend);
+        let expected_b = WriteCounts {
+            rows_inserted: 6,
+            rows_upserted: 0,
+            flushes_rewritten: 0,
+        };
+        assert_eq!(b.write_counts(), expected_b, "{:?}", db.backend);
         a.close().await;
         b.close().await;
+        db
+    })
+    .await;
+}
+
+/// Finding a shard's newest bucket fails when the database cannot answer (here: the table is
+/// missing for a moment); that is not remembered, so once the database answers again rows in new
+/// buckets go back to plain INSERTs — and the failed flush counted nothing.
+#[tokio::test]
+async fn a_failed_newest_bucket_lookup_is_asked_again_at_the_next_commit() {
+    use sqlx::Connection;
+    on_every_backend(|db| async move {
+        let mut layout = geo(true);
+        layout.granularities = vec![Granularity::Seconds];
+        let store = db.store().await;
+        schema(&store, std::slice::from_ref(&layout)).await;
+        let q = |name: &str| match db.backend {
+            Backend::MySql => format!("`{name}`"),
+            _ => format!("\"{name}\""),
+        };
+        let table = q(&layout.table(Granularity::Seconds));
+        let away = q("GeoAgg_away");
+        let mut admin = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+        let t0 = ms("2026-11-20T10:00:00Z");
+        let delta = everywhere(&layout, t0, |b| {
+            geo_row(b, "Italy", "Naples", b, None, 1, Some(1), Some(1), Some(1))
+        });
+
+        sqlx::raw_sql(&format!("ALTER TABLE {table} RENAME TO {away}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let failed = store
+            .commit("n1", &[batch("gw", 1)], &[(&layout, &delta)])
+            .await;
+        assert!(failed.is_err(), "{:?}: {failed:?}", db.backend);
+        sqlx::raw_sql(&format!("ALTER TABLE {away} RENAME TO {table}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+
+        assert_eq!(
+            commit(&store, "n1", &[batch("gw", 2)], &layout, &delta).await,
+            CommitOutcome::Committed
+        );
+        let expected = WriteCounts {
+            rows_inserted: 1,
+            rows_upserted: 0,
+            flushes_rewritten: 0,
+        };
+        assert_eq!(store.write_counts(), expected, "{:?}", db.backend);
+        let rows = all_rows(&store, &layout, Granularity::Seconds).await;
+        let counts: Vec<(i64, i64)> = rows.iter().map(|r| (r.row.bucket, r.row.count)).collect();
+        assert_eq!(counts, vec![(t0, 1)], "{:?}", db.backend);
+        admin.close().await.ok();
+        store.close().await;
         db
     })
     .await;
