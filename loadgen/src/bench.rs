@@ -44,6 +44,7 @@ use shardtally_publisher::{FullPolicy, PublishError, Publisher, ValueRef};
 use shardtally_worker::catalog::Catalog;
 use shardtally_worker::config::AppSource;
 use shardtally_worker::layout::Delta;
+use shardtally_worker::metrics::COMMIT_BUCKETS_MS;
 use shardtally_worker::store::{Backend, Store};
 
 use crate::cli::{BaselineArg, BenchArgs, EXIT_FAILED, EXIT_OK, EXIT_USAGE, TimeOrderArg};
@@ -149,6 +150,10 @@ pub(crate) struct SystemResult {
     pub(crate) rows_per_sec: f64,
     /// Flush transactions committed.
     pub(crate) commits: u64,
+    /// Commit durations, p50 and p99, as the upper bound (ms) of the workers' histogram bucket
+    /// holding them (`None`: no commit, or over the last bound).
+    pub(crate) commit_p50_ms: Option<f64>,
+    pub(crate) commit_p99_ms: Option<f64>,
     /// Peak RSS of the loadgen process (its publishers, event generation, measurement), MiB.
     pub(crate) rss_publisher_mib: f64,
     /// Peak RSS of each worker process, MiB.
@@ -632,15 +637,15 @@ async fn measure_system(
     options: &DriveOptions,
 ) -> anyhow::Result<SystemResult> {
     let pids: Vec<u32> = cluster.workers().iter().filter_map(|w| w.pid()).collect();
-    let rows_before = rows_written(cluster).await;
+    let before = worker_counters(cluster).await;
     let cpu_before = cpu_sample(&pids);
     let began = Instant::now();
     let d: Driven = drive(workload, schema, options).await?;
     let wall = began.elapsed();
     let cpu_after = cpu_sample(&pids);
-    let rows_after = rows_written(cluster).await;
-    let rows = rows_after.0.saturating_sub(rows_before.0);
-    let commits = rows_after.1.saturating_sub(rows_before.1);
+    let after = worker_counters(cluster).await;
+    let rows = after.rows.saturating_sub(before.rows);
+    let commits = after.commits.saturating_sub(before.commits);
     let cpu = cpu_after.since(&cpu_before, wall);
     let rss_workers_mib = pids
         .iter()
@@ -671,6 +676,8 @@ async fn measure_system(
         rows_written: rows,
         rows_per_sec: per_sec(rows, d.elapsed),
         commits,
+        commit_p50_ms: after.commit_quantile_bound(&before, 0.5),
+        commit_p99_ms: after.commit_quantile_bound(&before, 0.99),
         rss_publisher_mib,
         rss_workers_mib,
         cpu,
@@ -730,21 +737,63 @@ fn limit(r: &SystemResult, upsert_rate: Option<f64>, workers: usize, backend: Ba
 }
 
 /// Rows written and commits, summed over the workers (their `/metrics`).
-async fn rows_written(cluster: &Cluster) -> (u64, u64) {
+/// The workers' counters that a run's figures are differences of.
+#[derive(Debug, Default)]
+struct WorkerCounters {
+    rows: u64,
+    commits: u64,
+    /// Commits per duration bucket (cumulative, as in the histogram), over every worker.
+    commit_buckets: Vec<u64>,
+}
+
+impl WorkerCounters {
+    /// The upper bound, in ms, of the histogram bucket holding quantile `q` of the commits
+    /// between `before` and `self` (`None`: no commit, or beyond the last bound).
+    fn commit_quantile_bound(&self, before: &WorkerCounters, q: f64) -> Option<f64> {
+        let delta = |i: usize| {
+            self.commit_buckets.get(i).copied().unwrap_or(0)
+                - before.commit_buckets.get(i).copied().unwrap_or(0)
+        };
+        let total = self.commits.saturating_sub(before.commits);
+        if total == 0 {
+            return None;
+        }
+        // 0 < q ≤ 1 and total ≥ 1: the rank is a small positive integer.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        COMMIT_BUCKETS_MS
+            .iter()
+            .enumerate()
+            .find(|(i, _)| delta(*i) >= rank)
+            .map(|(_, ms)| *ms as f64)
+    }
+}
+
+/// Rows written, commits and commit durations so far, summed over the workers' `/metrics`.
+async fn worker_counters(cluster: &Cluster) -> WorkerCounters {
     let mut rows = 0.0;
     let mut commits = 0.0;
+    let mut buckets = vec![0.0; COMMIT_BUCKETS_MS.len()];
     for w in cluster.workers() {
         if let Ok(m) = system::scrape(w.http).await {
-            rows += m
-                .get("shardtally_rows_written_total")
-                .copied()
-                .unwrap_or(0.0);
-            commits += m.get("shardtally_commits_total").copied().unwrap_or(0.0);
+            let get = |name: &str| m.get(name).copied().unwrap_or(0.0);
+            rows += get("shardtally_rows_written_total");
+            commits += get("shardtally_commit_duration_seconds_count");
+            for (b, ms) in buckets.iter_mut().zip(COMMIT_BUCKETS_MS) {
+                let le = ms as f64 / 1_000.0;
+                *b += get(&format!(
+                    "shardtally_commit_duration_seconds_bucket{{le=\"{le}\"}}"
+                ));
+            }
         }
     }
     // Counters scraped from /metrics: non-negative integers carried as f64.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    (rows as u64, commits as u64)
+    WorkerCounters {
+        rows: rows as u64,
+        commits: commits as u64,
+        commit_buckets: buckets.into_iter().map(|b| b as u64).collect(),
+    }
 }
 
 /// CPU time of the machine, this process and the workers at one instant.

@@ -451,9 +451,7 @@ impl Ingest {
             Ok(CommitOutcome::Committed) => {
                 self.last_commit = Duration::from_micros(done.micros);
                 self.metrics.database_up.store(true, Ordering::Relaxed);
-                self.metrics
-                    .last_commit_micros
-                    .store(done.micros, Ordering::Relaxed);
+                self.metrics.observe_commit(done.micros);
                 Metrics::add(&self.metrics.commits, 1);
                 Metrics::add(
                     &self.metrics.rows_written,

@@ -43,6 +43,22 @@ pub struct Metrics {
     pub database_up: AtomicBool,
     /// Gauge: duration of the last commit, microseconds.
     pub last_commit_micros: AtomicU64,
+    /// Histogram of commit durations (see [`Metrics::observe_commit`]).
+    commit_duration: Histogram,
+}
+
+/// Upper bounds of the commit-duration histogram's buckets, milliseconds.
+pub const COMMIT_BUCKETS_MS: [u64; 14] = [
+    5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1_000, 2_000, 5_000,
+];
+
+/// A Prometheus histogram of durations: a counter per bucket (non-cumulative here, cumulative
+/// when rendered), the count and the sum.
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; COMMIT_BUCKETS_MS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
 }
 
 impl Metrics {
@@ -51,6 +67,20 @@ impl Metrics {
         let m = Metrics::default();
         m.database_up.store(true, Ordering::Relaxed);
         m
+    }
+
+    /// Records one committed flush that took `micros`: the last-commit gauge and the histogram.
+    pub fn observe_commit(&self, micros: u64) {
+        self.last_commit_micros.store(micros, Ordering::Relaxed);
+        let h = &self.commit_duration;
+        if let Some(i) = COMMIT_BUCKETS_MS
+            .iter()
+            .position(|&ms| micros <= ms * 1_000)
+        {
+            h.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        h.count.fetch_add(1, Ordering::Relaxed);
+        h.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
     /// Adds `n` to a counter.
@@ -173,6 +203,24 @@ impl Metrics {
             "Duration of the last flush transaction.",
             i64::try_from(self.last_commit_micros.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
         );
+        let h = &self.commit_duration;
+        let name = "shardtally_commit_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Duration of committed flush transactions."
+        );
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (ms, n) in COMMIT_BUCKETS_MS.iter().zip(&h.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let le = *ms as f64 / 1_000.0;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let count = h.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
         out
     }
 }
@@ -208,5 +256,28 @@ mod tests {
             "shardtally_flushes_rewritten_total{node_id=\"n\\\"1\",shard_id=\"s1\"} 1\n"
         ));
         assert!(text.contains("shardtally_database_up{node_id=\"n\\\"1\",shard_id=\"s1\"} 1\n"));
+    }
+
+    #[test]
+    fn commit_durations_render_as_a_cumulative_histogram() {
+        let m = Metrics::new();
+        for micros in [4_000, 5_000, 5_001, 120_000, 7_000_000] {
+            m.observe_commit(micros);
+        }
+        let text = m.render("n", "s", WriteCounts::default());
+        let line = |suffix: &str| format!("shardtally_commit_duration_seconds{suffix}\n");
+        assert!(text.contains(&line(
+            "_bucket{node_id=\"n\",shard_id=\"s\",le=\"0.005\"} 2"
+        )));
+        assert!(text.contains(&line("_bucket{node_id=\"n\",shard_id=\"s\",le=\"0.01\"} 3")));
+        assert!(text.contains(&line("_bucket{node_id=\"n\",shard_id=\"s\",le=\"0.1\"} 3")));
+        assert!(text.contains(&line("_bucket{node_id=\"n\",shard_id=\"s\",le=\"0.15\"} 4")));
+        assert!(text.contains(&line("_bucket{node_id=\"n\",shard_id=\"s\",le=\"5\"} 4")));
+        assert!(text.contains(&line("_bucket{node_id=\"n\",shard_id=\"s\",le=\"+Inf\"} 5")));
+        assert!(text.contains(&line("_sum{node_id=\"n\",shard_id=\"s\"} 7.134001")));
+        assert!(text.contains(&line("_count{node_id=\"n\",shard_id=\"s\"} 5")));
+        assert!(text.contains(
+            "shardtally_last_commit_microseconds{node_id=\"n\",shard_id=\"s\"} 7000000\n"
+        ));
     }
 }

@@ -88,7 +88,7 @@ pub(crate) fn cpus() -> usize {
 }
 
 /// A worker's counters from `GET /metrics` (Prometheus text), summed per metric name over
-/// label sets.
+/// label sets — except a histogram's `_bucket` lines, kept apart by bound as `name{le="…"}`.
 pub(crate) async fn scrape(http: SocketAddr) -> std::io::Result<BTreeMap<String, f64>> {
     let fetch = async {
         let mut stream = tokio::net::TcpStream::connect(http).await?;
@@ -124,7 +124,15 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
         else {
             continue;
         };
-        *out.entry(line[..name_end].to_owned()).or_insert(0.0) += value;
+        let name = &line[..name_end];
+        let key = match line.split_once("le=\"") {
+            Some((_, rest)) if name.ends_with("_bucket") => {
+                let le = rest.split('"').next().unwrap_or_default();
+                format!("{name}{{le=\"{le}\"}}")
+            }
+            _ => name.to_owned(),
+        };
+        *out.entry(key).or_insert(0.0) += value;
     }
     out
 }
@@ -172,6 +180,14 @@ mod tests {
         let m = parse_metrics(text);
         assert_eq!(m.get("shardtally_rows_written_total"), Some(&15.0));
         assert_eq!(m.get("shardtally_database_up"), Some(&1.0));
+        assert_eq!(m.len(), 2);
+        // Histogram buckets stay apart by bound (summed over workers).
+        let text = "h_bucket{node_id=\"a\",le=\"0.05\"} 3\n\
+                    h_bucket{node_id=\"b\",le=\"0.05\"} 1\n\
+                    h_bucket{node_id=\"a\",le=\"+Inf\"} 7\n";
+        let m = parse_metrics(&text.replace("h_", "shardtally_h_"));
+        assert_eq!(m.get("shardtally_h_bucket{le=\"0.05\"}"), Some(&4.0));
+        assert_eq!(m.get("shardtally_h_bucket{le=\"+Inf\"}"), Some(&7.0));
         assert_eq!(m.len(), 2);
     }
 

@@ -160,6 +160,13 @@ pub(crate) fn render(s: &BenchSummary) -> String {
         thousands(t.retried as f64),
         thousands(t.failed_over as f64),
     );
+    if let (Some(p50), Some(p99)) = (t.commit_p50_ms, t.commit_p99_ms) {
+        let _ = writeln!(
+            out,
+            "commit transactions took p50 ≤ {p50:.0} ms, p99 ≤ {p99:.0} ms (the workers' histogram \
+             buckets)"
+        );
+    }
     if let Some(d) = &s.database {
         let _ = writeln!(
             out,

@@ -82,6 +82,16 @@ fn check(summary: &serde_json::Value) {
     assert_eq!(summary["naive"]["extrapolated"], true);
     assert!(number(summary, &["naive", "sample_events"]) >= 1.0);
     assert!(number(summary, &["shardtally", "rows_written"]) >= 1.0);
+    // Commit durations come from the workers' histogram: bucket bounds, p50 ≤ p99.
+    assert!(number(summary, &["shardtally", "commits"]) >= 1.0);
+    let bounds = shardtally_worker::metrics::COMMIT_BUCKETS_MS.map(|ms| ms as f64);
+    let p50 = number(summary, &["shardtally", "commit_p50_ms"]);
+    let p99 = number(summary, &["shardtally", "commit_p99_ms"]);
+    assert!(
+        bounds.contains(&p50) && bounds.contains(&p99) && p50 <= p99,
+        "{p50} {p99}"
+    );
+    assert_eq!(summary["wire"]["commit_p99_ms"], serde_json::Value::Null);
     assert_eq!(summary["config"]["events"], 3000);
     assert_eq!(summary["config"]["keys"], 25);
 }
