@@ -736,7 +736,6 @@ fn limit(r: &SystemResult, upsert_rate: Option<f64>, workers: usize, backend: Ba
     }
 }
 
-/// Rows written and commits, summed over the workers (their `/metrics`).
 /// The workers' counters that a run's figures are differences of.
 #[derive(Debug, Default)]
 struct WorkerCounters {
@@ -750,9 +749,10 @@ impl WorkerCounters {
     /// The upper bound, in ms, of the histogram bucket holding quantile `q` of the commits
     /// between `before` and `self` (`None`: no commit, or beyond the last bound).
     fn commit_quantile_bound(&self, before: &WorkerCounters, q: f64) -> Option<f64> {
+        // Saturating: a worker whose scrape failed on one side must not wrap the difference.
         let delta = |i: usize| {
-            self.commit_buckets.get(i).copied().unwrap_or(0)
-                - before.commit_buckets.get(i).copied().unwrap_or(0)
+            let at = |c: &WorkerCounters| c.commit_buckets.get(i).copied().unwrap_or(0);
+            at(self).saturating_sub(at(before))
         };
         let total = self.commits.saturating_sub(before.commits);
         if total == 0 {

@@ -452,11 +452,6 @@ impl Ingest {
                 self.last_commit = Duration::from_micros(done.micros);
                 self.metrics.database_up.store(true, Ordering::Relaxed);
                 self.metrics.observe_commit(done.micros);
-                Metrics::add(&self.metrics.commits, 1);
-                Metrics::add(
-                    &self.metrics.rows_written,
-                    done.deltas.iter().map(|d| d.row_count() as u64).sum(),
-                );
                 Metrics::add(&self.metrics.batches_committed, self.in_flight.len() as u64);
                 Metrics::add(&self.metrics.events_committed, self.in_flight_events as u64);
                 tracing::debug!(

@@ -31,10 +31,6 @@ pub struct Metrics {
     pub batches_committed: AtomicU64,
     /// Events committed by this worker.
     pub events_committed: AtomicU64,
-    /// Aggregate rows written across all granularities.
-    pub rows_written: AtomicU64,
-    /// Flush transactions committed.
-    pub commits: AtomicU64,
     /// Flush attempts that failed and were retried.
     pub commit_failures: AtomicU64,
     /// Gauge: events received but not yet committed.
@@ -43,7 +39,8 @@ pub struct Metrics {
     pub database_up: AtomicBool,
     /// Gauge: duration of the last commit, microseconds.
     pub last_commit_micros: AtomicU64,
-    /// Histogram of commit durations (see [`Metrics::observe_commit`]).
+    /// Histogram of commit durations (see [`Metrics::observe_commit`]); its count is the number
+    /// of flush transactions committed.
     commit_duration: Histogram,
 }
 
@@ -89,7 +86,7 @@ impl Metrics {
     }
 
     /// Renders the Prometheus text exposition format, labelled with node and shard, with the
-    /// store's `writes`.
+    /// store's `writes` (rows written come from the store, which counts every commit).
     pub fn render(&self, node_id: &str, shard_id: &str, writes: WriteCounts) -> String {
         let labels = format!(
             "node_id=\"{}\",shard_id=\"{}\"",
@@ -156,7 +153,7 @@ impl Metrics {
         counter(
             "rows_written_total",
             "Aggregate rows written, all granularities.",
-            r(&self.rows_written),
+            writes.rows_inserted + writes.rows_upserted,
         );
         counter(
             "rows_inserted_total",
@@ -171,7 +168,7 @@ impl Metrics {
         counter(
             "commits_total",
             "Flush transactions committed.",
-            r(&self.commits),
+            self.commit_duration.count.load(Ordering::Relaxed),
         );
         counter(
             "commit_failures_total",
@@ -252,6 +249,9 @@ mod tests {
         assert!(
             text.contains("shardtally_rows_inserted_total{node_id=\"n\\\"1\",shard_id=\"s1\"} 5\n")
         );
+        assert!(
+            text.contains("shardtally_rows_written_total{node_id=\"n\\\"1\",shard_id=\"s1\"} 12\n")
+        );
         assert!(text.contains(
             "shardtally_flushes_rewritten_total{node_id=\"n\\\"1\",shard_id=\"s1\"} 1\n"
         ));
@@ -276,6 +276,7 @@ mod tests {
         assert!(text.contains(&line("_bucket{node_id=\"n\",shard_id=\"s\",le=\"+Inf\"} 5")));
         assert!(text.contains(&line("_sum{node_id=\"n\",shard_id=\"s\"} 7.134001")));
         assert!(text.contains(&line("_count{node_id=\"n\",shard_id=\"s\"} 5")));
+        assert!(text.contains("shardtally_commits_total{node_id=\"n\",shard_id=\"s\"} 5\n"));
         assert!(text.contains(
             "shardtally_last_commit_microseconds{node_id=\"n\",shard_id=\"s\"} 7000000\n"
         ));
