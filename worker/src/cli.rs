@@ -70,13 +70,13 @@ struct ServeArgs {
     /// File holding the token publishers must present (or set SHARDTALLY_AUTH_TOKEN)
     #[arg(long, env = "SHARDTALLY_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
-    /// TLS certificate chain (PEM); publishers must then connect with tls://
+    /// TLS certificate chain (PEM); publishers must then connect with tls://, HTTP clients with https://
     #[arg(long, env = "SHARDTALLY_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// TLS private key (PEM)
     #[arg(long, env = "SHARDTALLY_TLS_KEY")]
     tls_key: Option<PathBuf>,
-    /// CA certificates (PEM): require publishers to present a client certificate it signed
+    /// CA certificates (PEM): require publishers and HTTP clients to present a client certificate it signed
     #[arg(long, env = "SHARDTALLY_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
     /// Commit pending aggregates at least this often [default: 200ms]

@@ -201,11 +201,13 @@ pub struct OwnSection {
     pub app: Option<PathBuf>,
     /// File holding the publishers' auth token (relative to the config file).
     pub auth_token_file: Option<PathBuf>,
-    /// TLS certificate chain (PEM, relative to the config file): publishers must use `tls://`.
+    /// TLS certificate chain (PEM, relative to the config file): publishers must use `tls://`,
+    /// HTTP clients `https://`.
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM, relative to the config file).
     pub tls_key: Option<PathBuf>,
-    /// CA certificates (PEM): when set, publishers must present a client certificate it signed.
+    /// CA certificates (PEM): when set, publishers and HTTP clients must present a client
+    /// certificate it signed.
     pub tls_client_ca: Option<PathBuf>,
     /// How often pending aggregates are committed (`200ms`, `1s`).
     pub flush_interval: Option<String>,

@@ -1,8 +1,15 @@
-//! The HTTP side's listener: at most `max_connections` at once, and a connection on which
-//! nothing is read or written for `idle` is closed — so slow or silent clients (slowloris) cannot
-//! hold the HTTP side, which `axum::serve` alone would let them do (it sets no timeouts).
+//! The HTTP side's listener: at most `max_connections` at once, a connection on which nothing is
+//! read or written for `idle` is closed — so slow or silent clients (slowloris) cannot hold the
+//! HTTP side, which `axum::serve` alone would let them do (it sets no timeouts) — and, when the
+//! worker has a TLS certificate, HTTPS only.
+//!
+//! Connections are accepted by a task of their own; with TLS, each handshake runs in its own
+//! task under the handshake timeout, so a client that stalls its handshake holds one connection
+//! slot, never the accept loop. As on the event port, the first byte tells a TLS ClientHello
+//! from plaintext: a plaintext HTTP request to an HTTPS worker gets a plaintext
+//! `400 Bad Request` saying to use `https://`, instead of a TLS alert a browser or `curl`
+//! shows as an empty reply.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -10,61 +17,210 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
-/// A [`TcpListener`] for `axum::serve` with a connection limit and an idle timeout.
+use crate::metrics::Metrics;
+
+/// What a plaintext request to an HTTPS worker gets back.
+const HTTPS_REQUIRED: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
+Content-Length: 53\r\nConnection: close\r\n\r\n\
+this worker's HTTP side only accepts HTTPS: https://\n";
+
+/// Limits of the HTTP side.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpLimits {
+    /// Connections open at once; beyond it, clients wait in the kernel's backlog.
+    pub(crate) max_connections: usize,
+    /// A connection on which nothing moves for this long is closed.
+    pub(crate) idle: Duration,
+    /// The time a client has to complete its TLS handshake.
+    pub(crate) handshake: Duration,
+}
+
+/// A listener for `axum::serve` with a connection limit, an idle timeout and optional TLS.
 pub(crate) struct GuardedListener {
-    inner: TcpListener,
-    slots: Arc<Semaphore>,
-    idle: Duration,
+    ready: mpsc::Receiver<(HttpIo, SocketAddr)>,
+    local: SocketAddr,
 }
 
 impl GuardedListener {
-    pub(crate) fn new(inner: TcpListener, max_connections: usize, idle: Duration) -> Self {
-        GuardedListener {
-            inner,
-            slots: Arc::new(Semaphore::new(max_connections)),
-            idle,
-        }
+    /// Starts accepting on `inner` (TLS with `tls`); the accept task ends when the listener is
+    /// dropped. TLS failures are counted in `metrics.tls_failures`.
+    pub(crate) fn new(
+        inner: TcpListener,
+        limits: HttpLimits,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Self> {
+        let local = inner.local_addr()?;
+        let (tx, ready) = mpsc::channel(16);
+        let tls = tls.map(|config| {
+            // The HTTP side speaks HTTP/1.1 only; say so in ALPN.
+            let mut config = (*config).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            TlsAcceptor::from(Arc::new(config))
+        });
+        tokio::spawn(accept_loop(inner, limits, tls, metrics, tx));
+        Ok(GuardedListener { ready, local })
     }
 }
 
 impl axum::serve::Listener for GuardedListener {
-    type Io = GuardedIo;
+    type Io = HttpIo;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (GuardedIo, SocketAddr) {
-        loop {
-            // A slot first: beyond the limit, clients wait in the kernel's backlog.
-            let permit = match self.slots.clone().acquire_owned().await {
-                Ok(p) => p,
-                // Never closed; if it were, wait for nothing rather than spin.
-                Err(_) => std::future::pending().await,
-            };
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    let io = GuardedIo {
-                        inner: stream,
-                        deadline: Box::pin(tokio::time::sleep(self.idle)),
-                        idle: self.idle,
-                        _permit: permit,
-                    };
-                    return (io, addr);
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+    async fn accept(&mut self) -> (HttpIo, SocketAddr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The accept task only ends once this listener is gone.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+        Ok(self.local)
+    }
+}
+
+async fn accept_loop(
+    inner: TcpListener,
+    limits: HttpLimits,
+    tls: Option<TlsAcceptor>,
+    metrics: Arc<Metrics>,
+    ready: mpsc::Sender<(HttpIo, SocketAddr)>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        // A slot first: beyond the limit, clients wait in the kernel's backlog.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = ready.closed() => return,
+        };
+        let (stream, addr) = tokio::select! {
+            accepted = inner.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = ready.closed() => return,
+        };
+        let io = GuardedIo {
+            inner: stream,
+            deadline: Box::pin(tokio::time::sleep(limits.idle)),
+            idle: limits.idle,
+            _permit: permit,
+        };
+        match &tls {
+            None => {
+                if ready.send((HttpIo::Plain(io), addr)).await.is_err() {
+                    return;
+                }
+            }
+            Some(acceptor) => {
+                let (acceptor, ready, metrics) = (acceptor.clone(), ready.clone(), metrics.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(limits.handshake, secure(io, acceptor)).await {
+                        Ok(Ok(Some(tls))) => {
+                            let _ = ready.send((HttpIo::Tls(Box::new(tls)), addr)).await;
+                        }
+                        // A port probe, as on the event port: not a TLS failure.
+                        Ok(Ok(None)) => {}
+                        Ok(Err(reason)) => {
+                            Metrics::add(&metrics.tls_failures, 1);
+                            tracing::debug!(%addr, reason, "HTTPS connection refused");
+                        }
+                        Err(_) => {
+                            Metrics::add(&metrics.tls_failures, 1);
+                            tracing::debug!(%addr, "no TLS handshake within the handshake timeout");
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Tells TLS from plaintext by the first byte; answers plaintext with [`HTTPS_REQUIRED`], runs
+/// the handshake otherwise. `None`: the client closed without sending a byte.
+async fn secure(
+    mut io: GuardedIo,
+    acceptor: TlsAcceptor,
+) -> Result<Option<TlsStream<GuardedIo>>, String> {
+    let mut first = [0u8; 1];
+    match io.inner.peek(&mut first).await {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(e) => return Err(format!("read: {e}")),
+    }
+    if first[0] != crate::tls::TLS_HANDSHAKE_RECORD {
+        // Best effort: the client may already be gone.
+        let _ = io.write_all(HTTPS_REQUIRED).await;
+        let _ = io.shutdown().await;
+        return Err("plaintext request to the HTTPS side".into());
+    }
+    match acceptor.accept(io).await {
+        Ok(tls) => Ok(Some(tls)),
+        Err(e) => Err(format!("TLS handshake failed: {e}")),
+    }
+}
+
+/// One HTTP connection: plaintext, or TLS over the guarded TCP stream.
+pub(crate) enum HttpIo {
+    /// A worker without a TLS certificate.
+    Plain(GuardedIo),
+    /// After a completed handshake.
+    Tls(Box<TlsStream<GuardedIo>>),
+}
+
+impl AsyncRead for HttpIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            HttpIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            HttpIo::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for HttpIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            HttpIo::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            HttpIo::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            HttpIo::Plain(io) => Pin::new(io).poll_flush(cx),
+            HttpIo::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            HttpIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            HttpIo::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

@@ -14,7 +14,7 @@
 //! - `server` / `tls` / `ingest` / `check`: the TCP side (TLS, handshake, framing), the task
 //!   that decodes, checks and aggregates batches and commits them exactly once, and the checks
 //!   on values; [`node`] starts and stops them with the lease and HTTP tasks.
-//! - [`retrieve`], [`http`] (with `http_listener`: connection limit and idle timeout),
+//! - [`retrieve`], [`http`] (with `http_listener`: connection limit, idle timeout, HTTPS),
 //!   [`metrics`], [`cli`]: queries, the HTTP API, Prometheus metrics, the command line.
 
 pub mod bucket;

@@ -244,14 +244,23 @@ async fn serve_with_lease(
         auth_token: config.auth_token.clone(),
     });
     let http_stop = stop_serving.clone();
-    let http_idle = config.idle_timeout;
+    let listener = crate::http_listener::GuardedListener::new(
+        http_listener,
+        crate::http_listener::HttpLimits {
+            max_connections: HTTP_MAX_CONNECTIONS,
+            idle: config.idle_timeout,
+            handshake: config.handshake_timeout,
+        },
+        config.tls.clone(),
+        metrics.clone(),
+    )
+    .map_err(|source| NodeError::Bind {
+        key: "http",
+        addr: config.http.clone(),
+        source,
+    })?;
     tasks.spawn(async move {
         let app = router(http_state);
-        let listener = crate::http_listener::GuardedListener::new(
-            http_listener,
-            HTTP_MAX_CONNECTIONS,
-            http_idle,
-        );
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(async move { http_stop.cancelled().await })
             .await

@@ -1,6 +1,7 @@
 //! TLS end to end: the publisher SDK over `tls://` into a real worker process started with
 //! `--tls-cert/--tls-key` (and `--tls-client-ca`), with the test CA in `testdata/tls`.
 
+use std::io::Read as _;
 use std::time::Duration;
 
 use shardtally_publisher::protocol::{ErrorCode, Frame};
@@ -10,8 +11,8 @@ use shardtally_worker::config::AppSource;
 use shardtally_worker::store::Backend;
 
 use crate::cluster::{
-    HOUR_QUERY, RawClient, WorkerProc, eventually, http, metric, naples_hour, naples_rows,
-    publish_rows, query_records, run_cli, serve_args, tls_fixture,
+    HOUR_QUERY, HttpsClient, RawClient, WorkerProc, eventually, http, https, metric, naples_hour,
+    naples_rows, publish_rows, query_records, run_cli, scratch_dir, serve_args, tls_fixture,
 };
 use crate::common::TestDb;
 
@@ -20,6 +21,11 @@ fn pem(name: &str) -> Vec<u8> {
 }
 
 fn tls_worker(db_url: &str, client_ca: bool) -> WorkerProc {
+    WorkerProc::start(&tls_args(db_url, client_ca))
+}
+
+/// `serve` arguments for a TLS worker with the test certificate (and client CA).
+fn tls_args(db_url: &str, client_ca: bool) -> Vec<String> {
     let mut args = serve_args(db_url, "node-tls");
     args.extend([
         "--tls-cert".into(),
@@ -33,7 +39,15 @@ fn tls_worker(db_url: &str, client_ca: bool) -> WorkerProc {
             tls_fixture("ca.pem").display().to_string(),
         ]);
     }
-    WorkerProc::start(&args)
+    args
+}
+
+/// An HTTPS client trusting `roots`, without a client certificate.
+fn trusting(roots: &[u8]) -> HttpsClient<'_> {
+    HttpsClient {
+        roots,
+        client_auth: None,
+    }
 }
 
 fn builder(url_set: &str) -> PublisherBuilder {
@@ -105,7 +119,8 @@ async fn a_tls_round_trip_counts_exactly_and_a_plaintext_client_is_refused() {
     );
     assert_eq!(p.stats().acked, 0);
 
-    let (status, text) = http(w.http, "GET", "/metrics", "");
+    let ca = pem("ca.pem");
+    let (status, text) = https(w.http, &trusting(&ca), "GET", "/metrics", "", "").expect("https");
     assert_eq!(status, 200, "{text}");
     assert!(metric(&text, "tls_failures_total") >= Some(2.0), "{text}");
     assert_eq!(
@@ -170,6 +185,95 @@ async fn a_worker_requiring_client_certificates_serves_only_publishers_with_one(
         .await
         .expect("close");
     drop(anonymous);
+    drop(w);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_side_of_a_tls_worker_speaks_https_only_with_the_same_certificate() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    // A handshake timeout far beyond this test's length: the silent client below stays open.
+    let config = scratch_dir().join("deployment.yaml");
+    std::fs::write(&config, "shardtally:\n  handshake_timeout: 120s\n").expect("config");
+    let mut args = tls_args(&db.url, false);
+    args.extend(["--config".into(), config.display().to_string()]);
+    let w = WorkerProc::start(&args);
+    // A client that connects and says nothing holds one connection slot, not the accept loop:
+    // everything below is served while it waits.
+    let silent = std::net::TcpStream::connect(w.http).expect("connect");
+    let p = builder(&format!("{{tls://localhost:{}}}", w.listen.port()))
+        .tls_root_certificates_pem(pem("ca.pem"))
+        .build()
+        .expect("publisher");
+    publish_rows(&p, &naples_rows(1_500)).await;
+    p.flush().await.expect("flush");
+    assert_eq!(p.stats().acked, 1_500);
+
+    // The store API over HTTPS reads back exactly what was published.
+    let ca = pem("ca.pem");
+    let body =
+        serde_json::json!({ "appName": "APIM_ANALYTICS_GEO", "query": HOUR_QUERY }).to_string();
+    let (status, text) =
+        https(w.http, &trusting(&ca), "POST", "/stores/query", "", &body).expect("https");
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({ "records": [["Italy", "Naples", 1_500]] })
+    );
+
+    // Plaintext HTTP is answered in plaintext, saying what to use; no request is served.
+    let (status, text) = http(w.http, "POST", "/stores/query", &body);
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(
+        text,
+        "this worker's HTTP side only accepts HTTPS: https://\n"
+    );
+    // A client that does not trust the certificate gets no answer at all.
+    let other = pem("other-ca.pem");
+    let err = https(w.http, &trusting(&other), "GET", "/health", "", "")
+        .expect_err("an untrusted certificate");
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    // Both refusals are counted; the worker serves on.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (_, text) =
+                https(w.http, &trusting(&ca), "GET", "/metrics", "", "").expect("https");
+            metric(&text, "tls_failures_total") == Some(2.0)
+        }),
+        "tls_failures_total should be exactly 2"
+    );
+    let (status, text) = https(w.http, &trusting(&ca), "GET", "/health", "", "").expect("https");
+    assert_eq!(status, 200, "{text}");
+    // The silent client is still waiting for its handshake: open, nothing sent to it.
+    silent.set_nonblocking(true).expect("nonblocking");
+    let waiting = (&silent).read(&mut [0u8; 1]);
+    assert!(
+        matches!(&waiting, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "{waiting:?}"
+    );
+    drop(silent);
+    p.close(Duration::from_secs(10)).await.expect("close");
+    drop(w);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_client_certificates_required_the_http_side_asks_for_one_too() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = tls_worker(&db.url, true);
+    let (ca, cert, key) = (pem("ca.pem"), pem("client.pem"), pem("client.key"));
+
+    // Without a client certificate the handshake fails: TLS 1.3 reports it at the first read.
+    let anonymous = https(w.http, &trusting(&ca), "GET", "/health", "", "");
+    assert!(anonymous.is_err(), "{anonymous:?}");
+    let client = HttpsClient {
+        roots: &ca,
+        client_auth: Some((&cert, &key)),
+    };
+    let (status, text) = https(w.http, &client, "GET", "/metrics", "", "").expect("https");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(metric(&text, "tls_failures_total"), Some(1.0), "{text}");
     drop(w);
     db.cleanup().await;
 }
