@@ -84,6 +84,14 @@ pub(crate) fn decode_checked<'f>(
         }
         for &(column, pos, agg, ty, max_chars) in &keys {
             let value = column.map_or(ValueRef::Null, |i| event[i]);
+            // The common case, decided without another pass over the string: a string key no
+            // longer in bytes than the limit in characters (its NUL check was just done above).
+            if let ValueRef::String(s) = value
+                && ty == AttrType::String
+                && s.len() <= max_chars
+            {
+                continue;
+            }
             if let Err(e) = check_typed(ty, max_chars, true, value) {
                 return Err(Refusal::Reject(
                     RejectCode::Invalid,
@@ -127,7 +135,120 @@ fn check_stored_value(v: ValueRef<'_>, max_chars: usize) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use bytes::BytesMut;
+    use shardtally_publisher::protocol::{BatchEncoder, Frame, FrameCodec};
+    use tokio_util::codec::Decoder as _;
+
     use super::*;
+    use crate::store::STRING_MAX_CHARS;
+
+    /// Five string group-by keys: each may hold fewer characters than a non-key string.
+    const WIDE_KEYS: &str = "@app:name('wide')
+        define stream s (a string, b string, c string, d string, e string, n long);
+        define aggregation WideAgg from s select a, b, c, d, e, count() as total
+        group by a, b, c, d, e aggregate by n every sec;";
+
+    /// Decodes and checks one batch of `events` over `columns` of stream `s` of `catalog`.
+    fn check(
+        catalog: &Catalog,
+        columns: &[&str],
+        events: &[Vec<ValueRef<'_>>],
+    ) -> Result<usize, Refusal> {
+        let mut encoder = BatchEncoder::new("s", columns).expect("columns");
+        for e in events {
+            encoder.push_event(e).expect("event");
+        }
+        let bytes = encoder.seal(1);
+        let Ok(Some(Frame::Batch(frame))) =
+            FrameCodec::new(1 << 20).decode(&mut BytesMut::from(&bytes[..]))
+        else {
+            panic!("not a batch");
+        };
+        let schema = &catalog.streams()[0];
+        let positions: Vec<usize> = columns
+            .iter()
+            .map(|c| {
+                schema
+                    .attributes
+                    .iter()
+                    .position(|a| a.name == *c)
+                    .expect("attribute")
+            })
+            .collect();
+        let (reply, _replies) = tokio::sync::mpsc::unbounded_channel();
+        let batch = IncomingBatch {
+            publisher_id: Arc::from("p"),
+            frame,
+            stream: 0,
+            positions: positions.into(),
+            received_ms: 0,
+            reply,
+        };
+        let mut out = Vec::new();
+        let n = decode_checked(catalog, STRING_MAX_CHARS, &batch, &mut out)?;
+        assert_eq!(out.len(), n * columns.len());
+        Ok(n)
+    }
+
+    fn event<'a>(a: &'a str) -> Vec<ValueRef<'a>> {
+        let mut e = vec![ValueRef::String(a)];
+        e.extend(["b", "c", "d", "e"].map(ValueRef::String));
+        e.push(ValueRef::Long(1));
+        e
+    }
+
+    #[test]
+    fn group_by_keys_are_held_to_the_key_limit_in_characters_and_must_not_be_null() {
+        let catalog = Catalog::from_text(WIDE_KEYS, true, "wide.siddhi").expect("app");
+        let limit = key_string_chars(&catalog.layouts[0]);
+        assert_eq!(limit, 124, "five string keys share the index budget");
+        let columns = ["a", "b", "c", "d", "e", "n"];
+
+        // At the limit in characters: accepted, though two-byte characters make it longer in
+        // bytes (the character count decides, not the byte length).
+        let ascii = "x".repeat(limit);
+        let accented = "à".repeat(limit);
+        let ok = [event(&ascii), event(&accented), event("Naples")];
+        assert_eq!(check(&catalog, &columns, &ok), Ok(3));
+
+        // One character over, in the third event: the whole batch is refused, naming it.
+        let over = "à".repeat(limit + 1);
+        let refused = check(&catalog, &columns, &[event("a"), event("b"), event(&over)]);
+        assert_eq!(
+            refused,
+            Err(Refusal::Reject(
+                RejectCode::Invalid,
+                "event #2: s.a is a group-by key of WideAgg: string of 125 characters is longer \
+                 than the column's 124"
+                    .into()
+            ))
+        );
+
+        // A null key value, and a key column the batch does not carry at all.
+        let mut null = event("a");
+        null[0] = ValueRef::Null;
+        let expected = Err(Refusal::Reject(
+            RejectCode::Invalid,
+            "event #0: s.a is a group-by key of WideAgg: a group-by value is null; group-by \
+             values must not be null"
+                .into(),
+        ));
+        assert_eq!(check(&catalog, &columns, &[null]), expected);
+        let without_a = event("a")[1..].to_vec();
+        assert_eq!(check(&catalog, &columns[1..], &[without_a]), expected);
+
+        // A NUL inside a key is caught by the check every stored string gets.
+        let refused = check(&catalog, &columns, &[event("a\0b")]);
+        assert_eq!(
+            refused,
+            Err(Refusal::Reject(
+                RejectCode::Invalid,
+                "event #0: s.a: strings must not contain NUL characters".into()
+            ))
+        );
+    }
 
     #[test]
     fn stored_values_are_checked_for_what_every_backend_holds() {
