@@ -228,21 +228,39 @@ pub fn http_with(
 ) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    write_request(&mut s, &addr.to_string(), method, path, headers, body).expect("write http");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read http");
+    parse_response(&resp)
+}
+
+/// Writes one `Connection: close` HTTP/1.1 request with a JSON body.
+fn write_request(
+    s: &mut impl Write,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> std::io::Result<()> {
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n{body}",
         body.len()
-    )
-    .expect("write http");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read http");
+    )?;
+    s.flush()
+}
+
+/// Status and body of a whole response (bodies are small; axum sends them with
+/// Content-Length, not chunked). Status 0: not an HTTP response.
+fn parse_response(resp: &[u8]) -> (u16, String) {
+    let resp = String::from_utf8_lossy(resp);
     let status = resp
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
-    // Bodies are small; axum sends them with Content-Length, not chunked.
     (status, body.to_owned())
 }
 
@@ -288,12 +306,7 @@ pub fn https(
     let tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut s = rustls::StreamOwned::new(conn, tcp);
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    s.flush()?;
+    write_request(&mut s, "localhost", method, path, headers, body)?;
     let mut resp = Vec::new();
     match s.read_to_end(&mut resp) {
         Ok(_) => {}
@@ -301,14 +314,7 @@ pub fn https(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !resp.is_empty() => {}
         Err(e) => return Err(e),
     }
-    let resp = String::from_utf8_lossy(&resp);
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
-    Ok((status, body.to_owned()))
+    Ok(parse_response(&resp))
 }
 
 /// A raw protocol client: exact control over publisher id and batch sequence numbers.
