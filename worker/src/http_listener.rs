@@ -23,13 +23,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
 
 use crate::metrics::Metrics;
 
-/// What a plaintext request to an HTTPS worker gets back.
-const HTTPS_REQUIRED: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
-Content-Length: 53\r\nConnection: close\r\n\r\n\
-this worker's HTTP side only accepts HTTPS: https://\n";
+/// The body of the `400` a plaintext request to an HTTPS worker gets back.
+const HTTPS_REQUIRED: &str = "this worker's HTTP side only accepts HTTPS: https://\n";
 
 /// Limits of the HTTP side.
 #[derive(Debug, Clone, Copy)]
@@ -49,15 +48,15 @@ pub(crate) struct GuardedListener {
 }
 
 impl GuardedListener {
-    /// Starts accepting on `inner` (TLS with `tls`); the accept task ends when the listener is
-    /// dropped. TLS failures are counted in `metrics.tls_failures`.
+    /// Starts accepting on `inner`, bound to `local` (TLS with `tls`); the accept task ends when
+    /// the listener is dropped. TLS failures are counted in `metrics.tls_failures`.
     pub(crate) fn new(
         inner: TcpListener,
+        local: SocketAddr,
         limits: HttpLimits,
         tls: Option<Arc<rustls::ServerConfig>>,
         metrics: Arc<Metrics>,
-    ) -> io::Result<Self> {
-        let local = inner.local_addr()?;
+    ) -> Self {
         let (tx, ready) = mpsc::channel(16);
         let tls = tls.map(|config| {
             // The HTTP side speaks HTTP/1.1 only; say so in ALPN.
@@ -66,7 +65,7 @@ impl GuardedListener {
             TlsAcceptor::from(Arc::new(config))
         });
         tokio::spawn(accept_loop(inner, limits, tls, metrics, tx));
-        Ok(GuardedListener { ready, local })
+        GuardedListener { ready, local }
     }
 }
 
@@ -124,7 +123,7 @@ async fn accept_loop(
         };
         match &tls {
             None => {
-                if ready.send((HttpIo::Plain(io), addr)).await.is_err() {
+                if ready.send((Either::Left(io), addr)).await.is_err() {
                     return;
                 }
             }
@@ -133,7 +132,7 @@ async fn accept_loop(
                 tokio::spawn(async move {
                     match tokio::time::timeout(limits.handshake, secure(io, acceptor)).await {
                         Ok(Ok(Some(tls))) => {
-                            let _ = ready.send((HttpIo::Tls(Box::new(tls)), addr)).await;
+                            let _ = ready.send((Either::Right(Box::new(tls)), addr)).await;
                         }
                         // A port probe, as on the event port: not a TLS failure.
                         Ok(Ok(None)) => {}
@@ -152,7 +151,7 @@ async fn accept_loop(
     }
 }
 
-/// Tells TLS from plaintext by the first byte; answers plaintext with [`HTTPS_REQUIRED`], runs
+/// Tells TLS from plaintext by the first byte; answers plaintext with a `400` ([`HTTPS_REQUIRED`]), runs
 /// the handshake otherwise. `None`: the client closed without sending a byte.
 async fn secure(
     mut io: GuardedIo,
@@ -165,8 +164,13 @@ async fn secure(
         Err(e) => return Err(format!("read: {e}")),
     }
     if first[0] != crate::tls::TLS_HANDSHAKE_RECORD {
+        let response = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{HTTPS_REQUIRED}",
+            HTTPS_REQUIRED.len()
+        );
         // Best effort: the client may already be gone.
-        let _ = io.write_all(HTTPS_REQUIRED).await;
+        let _ = io.write_all(response.as_bytes()).await;
         let _ = io.shutdown().await;
         return Err("plaintext request to the HTTPS side".into());
     }
@@ -176,53 +180,9 @@ async fn secure(
     }
 }
 
-/// One HTTP connection: plaintext, or TLS over the guarded TCP stream.
-pub(crate) enum HttpIo {
-    /// A worker without a TLS certificate.
-    Plain(GuardedIo),
-    /// After a completed handshake.
-    Tls(Box<TlsStream<GuardedIo>>),
-}
-
-impl AsyncRead for HttpIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            HttpIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            HttpIo::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for HttpIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            HttpIo::Plain(io) => Pin::new(io).poll_write(cx, buf),
-            HttpIo::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            HttpIo::Plain(io) => Pin::new(io).poll_flush(cx),
-            HttpIo::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            HttpIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
-            HttpIo::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// One HTTP connection: plaintext (a worker without a TLS certificate), or TLS over the guarded
+/// TCP stream after a completed handshake.
+pub(crate) type HttpIo = Either<GuardedIo, Box<TlsStream<GuardedIo>>>;
 
 /// A TCP stream that fails with `TimedOut` once no byte has moved for `idle`.
 pub(crate) struct GuardedIo {

@@ -246,6 +246,7 @@ async fn serve_with_lease(
     let http_stop = stop_serving.clone();
     let listener = crate::http_listener::GuardedListener::new(
         http_listener,
+        bound.http,
         crate::http_listener::HttpLimits {
             max_connections: HTTP_MAX_CONNECTIONS,
             idle: config.idle_timeout,
@@ -253,12 +254,7 @@ async fn serve_with_lease(
         },
         config.tls.clone(),
         metrics.clone(),
-    )
-    .map_err(|source| NodeError::Bind {
-        key: "http",
-        addr: config.http.clone(),
-        source,
-    })?;
+    );
     tasks.spawn(async move {
         let app = router(http_state);
         if let Err(e) = axum::serve(listener, app)

@@ -1800,7 +1800,7 @@ async fn postgres_tables_leave_room_for_rewrites_and_compare_keys_bytewise() {
     }
     for g in Granularity::ALL {
         let rows = all_rows(&store, &layout, g).await;
-        let mut got: Vec<(String, i64, Option<i64>)> = rows
+        let mut got: Vec<(String, i64, i64)> = rows
             .iter()
             .map(|r| {
                 let Value::String(city) = &r.row.keys[1] else {
@@ -1809,14 +1809,12 @@ async fn postgres_tables_leave_room_for_rewrites_and_compare_keys_bytewise() {
                 let Value::Long(sum) = &r.row.measures[0] else {
                     panic!("{:?}", r.row.measures)
                 };
-                (city.to_string(), r.row.count, Some(*sum))
+                (city.to_string(), r.row.count, *sum)
             })
             .collect();
         got.sort();
-        let mut want: Vec<(String, i64, Option<i64>)> = cities
-            .iter()
-            .map(|c| ((*c).to_owned(), 60, Some(300)))
-            .collect();
+        let mut want: Vec<(String, i64, i64)> =
+            cities.iter().map(|c| ((*c).to_owned(), 60, 300)).collect();
         want.sort();
         assert_eq!(got, want, "{g}");
     }
