@@ -6,19 +6,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shardtally_publisher::protocol::Value;
-use sqlx::AnyPool;
-use sqlx::Row;
 use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, AnyPool, Row, Transaction};
 use tracing::debug;
 
 use crate::bucket::Granularity;
 use crate::layout::{AggRow, Delta, Layout, StoredRow};
-use crate::store::dialect::{Backend, Dialect, MYSQL_COLLATIONS};
+use crate::store::dialect::{Backend, Dialect, MAX_ROWS_PER_ARRAY_STATEMENT, MYSQL_COLLATIONS};
 use crate::store::error::StoreError;
 use crate::store::schema::{
     ColumnDef, ID_MAX_CHARS, Role, SHARD_ID_MAX_CHARS, SqlType, TableDef, check_id, check_typed,
 };
-use crate::store::values::{Param, bind_all, cmp_values, decode, seq_from_db, seq_to_db};
+use crate::store::values::{
+    Param, bind_all, cmp_values, decode, push_array_element, seq_from_db, seq_to_db,
+};
 
 /// How a [`Store`] connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,39 +328,19 @@ impl Store {
         for ((def, rows), &fresh) in tables.iter().zip(fresh) {
             let (old, new) = rows.split_at(rows.len() - fresh);
             for (rows, insert) in [(old, false), (new, true)] {
-                // Full chunks share one SQL text (and so one prepared statement).
-                let mut sql: Option<(usize, String)> = None;
-                for chunk in rows.chunks(self.dialect.rows_per_statement(def.columns.len())) {
-                    let mut params = Vec::with_capacity(chunk.len() * def.columns.len());
-                    for row in chunk {
-                        for c in &def.columns {
-                            params.push(row_param(def, c, row, shard_id)?);
-                        }
+                let written = if self.dialect.backend == Backend::Postgres {
+                    self.write_rows_as_arrays(&mut tx, def, rows, insert, shard_id)
+                        .await
+                } else {
+                    self.write_rows_as_values(&mut tx, def, rows, insert, shard_id)
+                        .await
+                };
+                if let Err(err) = written {
+                    let _ = tx.rollback().await;
+                    if insert && err.is_unique_violation() {
+                        return Ok(Written::RowExisted(def.name.clone()));
                     }
-                    let text = match &sql {
-                        Some((n, text)) if *n == chunk.len() => text,
-                        _ if insert => {
-                            &sql.insert((chunk.len(), self.dialect.insert(def, chunk.len())))
-                                .1
-                        }
-                        _ => {
-                            &sql.insert((chunk.len(), self.dialect.upsert(def, chunk.len())))
-                                .1
-                        }
-                    };
-                    if let Err(source) =
-                        bind_all(sqlx::query(text), &params).execute(&mut *tx).await
-                    {
-                        let _ = tx.rollback().await;
-                        let err = StoreError::Database {
-                            context: format!("adding deltas to {}", def.name),
-                            source,
-                        };
-                        if insert && err.is_unique_violation() {
-                            return Ok(Written::RowExisted(def.name.clone()));
-                        }
-                        return Err(err);
-                    }
+                    return Err(err);
                 }
             }
         }
@@ -367,6 +348,84 @@ impl Store {
             .await
             .map_err(StoreError::db("committing the flush"))?;
         Ok(Written::Committed)
+    }
+
+    /// Writes `rows` into `def` inside `tx`: inserted when `insert`, else upserted; multi-row
+    /// `VALUES` statements of at most [`Dialect::rows_per_statement`] rows.
+    async fn write_rows_as_values(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        def: &TableDef,
+        rows: &[&AggRow],
+        insert: bool,
+        shard_id: &str,
+    ) -> Result<(), StoreError> {
+        // Full chunks share one SQL text (and so one prepared statement).
+        let mut sql: Option<(usize, String)> = None;
+        for chunk in rows.chunks(self.dialect.rows_per_statement(def.columns.len())) {
+            let mut params = Vec::with_capacity(chunk.len() * def.columns.len());
+            for row in chunk {
+                for c in &def.columns {
+                    params.push(row_param(def, c, row, shard_id)?);
+                }
+            }
+            let text = match &sql {
+                Some((n, text)) if *n == chunk.len() => text,
+                _ if insert => {
+                    &sql.insert((chunk.len(), self.dialect.insert(def, chunk.len())))
+                        .1
+                }
+                _ => {
+                    &sql.insert((chunk.len(), self.dialect.upsert(def, chunk.len())))
+                        .1
+                }
+            };
+            bind_all(sqlx::query(text), &params)
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::db(format!("adding deltas to {}", def.name)))?;
+        }
+        Ok(())
+    }
+
+    /// PostgreSQL: as [`Store::write_rows_as_values`], each column's values of up to
+    /// [`MAX_ROWS_PER_ARRAY_STATEMENT`] rows bound as one array (see [`Dialect::insert_arrays`]).
+    async fn write_rows_as_arrays(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        def: &TableDef,
+        rows: &[&AggRow],
+        insert: bool,
+        shard_id: &str,
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let sql = self.dialect.insert_arrays(def, !insert);
+        for chunk in rows.chunks(MAX_ROWS_PER_ARRAY_STATEMENT) {
+            let mut query = sqlx::query(&sql);
+            for c in &def.columns {
+                if c.role == Role::Shard {
+                    query = query.bind(shard_id);
+                    continue;
+                }
+                let mut array = String::with_capacity(2 + chunk.len() * 8);
+                array.push('{');
+                for (i, row) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        array.push(',');
+                    }
+                    push_array_element(&mut array, row_param(def, c, row, shard_id)?);
+                }
+                array.push('}');
+                query = query.bind(array);
+            }
+            query
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::db(format!("adding deltas to {}", def.name)))?;
+        }
+        Ok(())
     }
 
     /// Per table of `tables`: how many of its last rows (sorted by bucket) lie above the

@@ -76,6 +76,42 @@ pub(crate) fn bind_all<'a>(mut q: AnyQuery<'a>, params: &[Param<'a>]) -> AnyQuer
     q
 }
 
+/// Appends `p` as one element of a PostgreSQL array literal (`{a,b,…}`), the text form a
+/// `CAST($n AS BIGINT[])` reads: null as `NULL`; strings always double-quoted with `"` and `\`
+/// backslash-escaped (the only characters special inside quotes; NUL never reaches a store);
+/// integers in decimal; floats in Rust's shortest form that reads back as the same value (only
+/// finite values reach a store); booleans `t`/`f`.
+pub(crate) fn push_array_element(out: &mut String, p: Param<'_>) {
+    use std::fmt::Write as _;
+    // Writing into a String cannot fail.
+    let _ = match p {
+        Param::Null(_) => {
+            out.push_str("NULL");
+            Ok(())
+        }
+        Param::Str(s) => {
+            out.reserve(s.len() + 2);
+            out.push('"');
+            for ch in s.chars() {
+                if matches!(ch, '"' | '\\') {
+                    out.push('\\');
+                }
+                out.push(ch);
+            }
+            out.push('"');
+            Ok(())
+        }
+        Param::Int(x) => write!(out, "{x}"),
+        Param::Long(x) => write!(out, "{x}"),
+        Param::Float(x) => write!(out, "{x}"),
+        Param::Double(x) => write!(out, "{x}"),
+        Param::Bool(x) => {
+            out.push(if x { 't' } else { 'f' });
+            Ok(())
+        }
+    };
+}
+
 /// A `u64` batch sequence as the BIGINT it is stored in: the same 64 bits, so every `u64` has
 /// exactly one stored value (those above `i64::MAX` read as negative numbers in SQL).
 pub(crate) fn seq_to_db(seq: u64) -> i64 {
@@ -203,6 +239,49 @@ mod tests {
         );
         assert!(Param::of(AttrType::Int, &Value::Long(3)).is_err());
         assert!(Param::of(AttrType::String, &Value::Bool(true)).is_err());
+    }
+
+    #[test]
+    fn array_elements_quote_every_string_and_spell_numbers_exactly() {
+        let literal = |params: &[Param<'_>]| {
+            let mut out = String::from("{");
+            for (i, p) in params.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_array_element(&mut out, *p);
+            }
+            out.push('}');
+            out
+        };
+        assert_eq!(
+            literal(&[
+                Param::Str("a,b"),
+                Param::Str("say \"hi\""),
+                Param::Str("back\\slash"),
+                Param::Str("NULL"),
+                Param::Str(""),
+                Param::Str(" {x} "),
+                Param::Null(AttrType::String),
+            ]),
+            r#"{"a,b","say \"hi\"","back\\slash","NULL",""," {x} ",NULL}"#
+        );
+        assert_eq!(
+            literal(&[Param::Long(i64::MIN), Param::Int(-7), Param::Long(0)]),
+            "{-9223372036854775808,-7,0}"
+        );
+        assert_eq!(literal(&[Param::Bool(true), Param::Bool(false)]), "{t,f}");
+        // Floats read back exactly from their shortest form.
+        for x in [0.1, -0.0, f64::MAX, f64::MIN_POSITIVE, 5e-324, 1.0 / 3.0] {
+            let mut out = String::new();
+            push_array_element(&mut out, Param::Double(x));
+            assert_eq!(out.parse::<f64>().unwrap().to_bits(), x.to_bits(), "{out}");
+        }
+        for x in [0.1f32, f32::MAX, f32::MIN_POSITIVE, 1e-45] {
+            let mut out = String::new();
+            push_array_element(&mut out, Param::Float(x));
+            assert_eq!(out.parse::<f32>().unwrap().to_bits(), x.to_bits(), "{out}");
+        }
     }
 
     #[test]

@@ -1141,7 +1141,7 @@ async fn purges_remove_old_buckets_and_old_batch_ids() {
 }
 
 /// Strings users send: quotes, SQL, backslashes, unicode, emoji, case and trailing spaces.
-const NASTY: [&str; 14] = [
+const NASTY: [&str; 18] = [
     "O'Brien",
     "\"quoted\"",
     "'; DROP TABLE shardtally_batches; --",
@@ -1156,6 +1156,10 @@ const NASTY: [&str; 14] = [
     "Naples ",
     "",
     "tab\there\nnewline",
+    "{\"a\",NULL}",
+    "a,b",
+    "NULL",
+    " padded ",
 ];
 
 #[tokio::test]
@@ -1333,7 +1337,8 @@ async fn many_rows_are_chunked_under_parameter_limits() {
         schema(&store, std::slice::from_ref(&layout)).await;
         let t = ms("2026-11-20T10:00:00Z");
         let h = Granularity::Hours.bucket_start(t);
-        // Many more rows than one multi-row statement takes (500) on any backend.
+        // Many more rows than one multi-row statement takes on any backend (500; on PostgreSQL
+        // 5,000 per array statement).
         let rows: Vec<AggRow> = (0..6_001)
             .map(|i| {
                 geo_row(
