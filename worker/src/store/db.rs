@@ -13,7 +13,7 @@ use tracing::debug;
 use crate::bucket::Granularity;
 use crate::layout::{AggRow, Delta, Layout, StoredRow};
 use crate::store::dialect::{Backend, Dialect, MAX_ROWS_PER_ARRAY_STATEMENT, MYSQL_COLLATIONS};
-use crate::store::error::StoreError;
+use crate::store::error::{StoreError, ValueError};
 use crate::store::schema::{
     ColumnDef, ID_MAX_CHARS, Role, SHARD_ID_MAX_CHARS, SqlType, TableDef, check_id, check_typed,
 };
@@ -247,7 +247,7 @@ impl Store {
         // at a time, so a large flush never holds all its parameters at once.
         let mut tables = Vec::new();
         for (layout, delta) in deltas {
-            self.check_delta(layout, delta, shard_id, &mut tables)?;
+            self.check_delta(layout, delta, &mut tables)?;
         }
         if ids.is_empty() && tables.is_empty() {
             return Ok(CommitOutcome::Committed);
@@ -513,7 +513,6 @@ impl Store {
         &self,
         layout: &'a Layout,
         delta: &'a Delta,
-        shard_id: &'a str,
         out: &mut Vec<(TableDef, Vec<&'a AggRow>)>,
     ) -> Result<(), StoreError> {
         for (granularity, rows) in &delta.rows {
@@ -529,9 +528,6 @@ impl Store {
             let def = TableDef::new(layout, *granularity, layout.partitioned)?;
             for row in rows {
                 check_row(&def, layout, row)?;
-                for c in &def.columns {
-                    row_param(&def, c, row, shard_id)?;
-                }
             }
             let mut sorted: Vec<&AggRow> = rows.iter().collect();
             sorted.sort_by(|a, b| {
@@ -645,7 +641,8 @@ impl Store {
     }
 }
 
-/// Checks a row's shape against its layout.
+/// Checks a row's shape against its layout and each value it carries against its column (type,
+/// length, NUL, finite numbers, keys not null): what [`param_of`] then relies on.
 fn check_row(def: &TableDef, layout: &Layout, row: &AggRow) -> Result<(), StoreError> {
     for (what, expected, got) in [
         ("keys", layout.keys.len(), row.keys.len()),
@@ -661,10 +658,30 @@ fn check_row(def: &TableDef, layout: &Layout, row: &AggRow) -> Result<(), StoreE
             });
         }
     }
+    for c in &def.columns {
+        let value = match c.role {
+            Role::Key(i) => &row.keys[i],
+            Role::Latest(i) => &row.latest[i],
+            Role::Measure(i, _) => &row.measures[i],
+            // Filled in by the store.
+            Role::Timestamp
+            | Role::EventTimestamp
+            | Role::Shard
+            | Role::LastEventTimestamp
+            | Role::Count => continue,
+        };
+        let max_chars = match c.sql_type {
+            SqlType::Varchar(n) => n,
+            _ => 0,
+        };
+        let key = matches!(c.role, Role::Key(_));
+        check_typed(c.ty, max_chars, key, value.as_ref())
+            .map_err(|source| invalid_value(def, c, source))?;
+    }
     Ok(())
 }
 
-/// The parameter of column `c` for `row` (its value checked).
+/// The parameter of column `c` for `row` (a row [`check_row`] accepted).
 fn row_param<'a>(
     def: &TableDef,
     c: &ColumnDef,
@@ -682,20 +699,17 @@ fn row_param<'a>(
     })
 }
 
-/// Checks `value` against column `c` and makes it a parameter.
+/// `value`, which [`check_row`] accepted for column `c`, as a parameter.
 fn param_of<'a>(def: &TableDef, c: &ColumnDef, value: &'a Value) -> Result<Param<'a>, StoreError> {
-    let max_chars = match c.sql_type {
-        SqlType::Varchar(n) => n,
-        _ => 0,
-    };
-    let key = matches!(c.role, Role::Key(_));
-    check_typed(c.ty, max_chars, key, value.as_ref())
-        .and_then(|()| Param::of(c.ty, value))
-        .map_err(|source| StoreError::InvalidValue {
-            table: def.name.clone(),
-            column: c.name.clone(),
-            source,
-        })
+    Param::of(c.ty, value).map_err(|source| invalid_value(def, c, source))
+}
+
+fn invalid_value(def: &TableDef, c: &ColumnDef, source: ValueError) -> StoreError {
+    StoreError::InvalidValue {
+        table: def.name.clone(),
+        column: c.name.clone(),
+        source,
+    }
 }
 
 /// Decodes one fetched row (the columns of [`Dialect::fetch`]).

@@ -429,29 +429,30 @@ impl Dialect {
         let mut s = self.sql();
         push_insert_into(&mut s, def);
         s.push(" SELECT ");
-        let mut unnest = Vec::new();
+        // Placeholder `$n` is column n's; `u.c<n>` the unnested array of column n.
+        let (mut casts, mut names) = (Vec::new(), Vec::new());
         for (i, c) in def.columns.iter().enumerate() {
             if i > 0 {
                 s.push(", ");
             }
-            // Placeholder `$n` is column n's.
             if c.role == Role::Shard {
                 s.push(&format!("${}", i + 1));
-            } else {
-                s.push(&format!("u.c{i}"));
-                let element = match c.sql_type {
-                    // Lengths were checked on the way in.
-                    SqlType::Varchar(_) => "TEXT".to_owned(),
-                    ty => self.type_name(ty),
-                };
-                unnest.push((i, format!("CAST(${} AS {element}[])", i + 1)));
+                continue;
             }
+            let element = match c.sql_type {
+                // Lengths were checked on the way in.
+                SqlType::Varchar(_) => "TEXT".to_owned(),
+                ty => self.type_name(ty),
+            };
+            casts.push(format!("CAST(${} AS {element}[])", i + 1));
+            names.push(format!("c{i}"));
+            s.push(&format!("u.c{i}"));
         }
-        s.push(" FROM unnest(");
-        let casts: Vec<&str> = unnest.iter().map(|(_, cast)| cast.as_str()).collect();
-        s.push(&casts.join(", ")).push(") AS u(");
-        let names: Vec<String> = unnest.iter().map(|(i, _)| format!("c{i}")).collect();
-        s.push(&names.join(", ")).push(")");
+        s.push(" FROM unnest(")
+            .push(&casts.join(", "))
+            .push(") AS u(")
+            .push(&names.join(", "))
+            .push(")");
         if merge {
             self.push_merge(&mut s, def);
         }

@@ -84,11 +84,8 @@ pub(crate) fn bind_all<'a>(mut q: AnyQuery<'a>, params: &[Param<'a>]) -> AnyQuer
 pub(crate) fn push_array_element(out: &mut String, p: Param<'_>) {
     use std::fmt::Write as _;
     // Writing into a String cannot fail.
-    let _ = match p {
-        Param::Null(_) => {
-            out.push_str("NULL");
-            Ok(())
-        }
+    match p {
+        Param::Null(_) => out.push_str("NULL"),
         Param::Str(s) => {
             out.reserve(s.len() + 2);
             out.push('"');
@@ -99,17 +96,13 @@ pub(crate) fn push_array_element(out: &mut String, p: Param<'_>) {
                 out.push(ch);
             }
             out.push('"');
-            Ok(())
         }
-        Param::Int(x) => write!(out, "{x}"),
-        Param::Long(x) => write!(out, "{x}"),
-        Param::Float(x) => write!(out, "{x}"),
-        Param::Double(x) => write!(out, "{x}"),
-        Param::Bool(x) => {
-            out.push(if x { 't' } else { 'f' });
-            Ok(())
-        }
-    };
+        Param::Int(x) => _ = write!(out, "{x}"),
+        Param::Long(x) => _ = write!(out, "{x}"),
+        Param::Float(x) => _ = write!(out, "{x}"),
+        Param::Double(x) => _ = write!(out, "{x}"),
+        Param::Bool(x) => out.push(if x { 't' } else { 'f' }),
+    }
 }
 
 /// A `u64` batch sequence as the BIGINT it is stored in: the same 64 bits, so every `u64` has
