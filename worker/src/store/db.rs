@@ -7,19 +7,18 @@ use std::time::Duration;
 
 use shardtally_publisher::protocol::Value;
 use sqlx::any::AnyPoolOptions;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Any, AnyPool, Row, Transaction};
 use tracing::debug;
 
 use crate::bucket::Granularity;
 use crate::layout::{AggRow, Delta, Layout, StoredRow};
-use crate::store::dialect::{Backend, Dialect, MAX_ROWS_PER_ARRAY_STATEMENT, MYSQL_COLLATIONS};
+use crate::store::dialect::{Backend, Dialect, MYSQL_COLLATIONS};
 use crate::store::error::{StoreError, ValueError};
 use crate::store::schema::{
     ColumnDef, ID_MAX_CHARS, Role, SHARD_ID_MAX_CHARS, SqlType, TableDef, check_id, check_typed,
 };
-use crate::store::values::{
-    Param, bind_all, cmp_values, decode, push_array_element, seq_from_db, seq_to_db,
-};
+use crate::store::values::{Param, bind_all, cmp_values, decode, seq_from_db, seq_to_db};
 
 /// How a [`Store`] connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +67,9 @@ pub enum CommitOutcome {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) pool: AnyPool,
+    /// PostgreSQL only: native connections for commits (`COPY` and array parameters, which the
+    /// Any driver lacks; see `store::postgres`). Opened on first use.
+    pg: Option<PgPool>,
     pub(crate) dialect: Dialect,
     /// Per `(shard id, table)`: what is known of the shard's highest bucket there.
     frontiers: Arc<Mutex<HashMap<(String, String), Frontier>>>,
@@ -116,7 +118,7 @@ enum Frontier {
 const FRONTIER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How one attempt at writing a flush ended.
-enum Written {
+pub(super) enum Written {
     Committed,
     Duplicates(Vec<BatchId>),
     /// A row believed new existed in this table: nothing was written.
@@ -173,9 +175,20 @@ impl Store {
         if backend == Backend::MySql {
             dialect.mysql_collation = mysql_collation(&pool).await?;
         }
+        let pg = match backend {
+            Backend::Postgres => Some(
+                PgPoolOptions::new()
+                    .max_connections(options.max_connections.max(1))
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect_lazy(&url)
+                    .map_err(|source| StoreError::Connect { backend, source })?,
+            ),
+            Backend::Sqlite | Backend::MySql => None,
+        };
         debug!(%backend, collation = dialect.mysql_collation, "connected to the database");
         Ok(Store {
             pool,
+            pg,
             dialect,
             frontiers: Arc::default(),
             counters: Arc::default(),
@@ -208,6 +221,9 @@ impl Store {
 
     /// Closes the pool, waiting for connections in use to come back.
     pub async fn close(&self) {
+        if let Some(pg) = &self.pg {
+            pg.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -294,6 +310,11 @@ impl Store {
         tables: &[(TableDef, Vec<&AggRow>)],
         fresh: &[usize],
     ) -> Result<Written, StoreError> {
+        if let Some(pg) = &self.pg {
+            return self
+                .write_flush_postgres(pg, shard_id, ids, tables, fresh)
+                .await;
+        }
         let mut tx = self
             .pool
             .begin_with(self.dialect.begin())
@@ -308,33 +329,17 @@ impl Store {
             }
             let sql = self.dialect.insert_batches(chunk.len());
             if let Err(source) = bind_all(sqlx::query(&sql), &params).execute(&mut *tx).await {
-                let err = StoreError::Database {
-                    context: "recording batch ids".into(),
-                    source,
-                };
                 // A failed rollback only matters to the connection, which the pool then drops.
                 let _ = tx.rollback().await;
-                if err.is_unique_violation() {
-                    let duplicates = self.committed_among(ids).await?;
-                    debug!(
-                        count = duplicates.len(),
-                        "commit refused: batches already committed"
-                    );
-                    return Ok(Written::Duplicates(duplicates));
-                }
-                return Err(err);
+                return self.batch_ids_refused(source, ids).await;
             }
         }
         for ((def, rows), &fresh) in tables.iter().zip(fresh) {
             let (old, new) = rows.split_at(rows.len() - fresh);
             for (rows, insert) in [(old, false), (new, true)] {
-                let written = if self.dialect.backend == Backend::Postgres {
-                    self.write_rows_as_arrays(&mut tx, def, rows, insert, shard_id)
-                        .await
-                } else {
-                    self.write_rows_as_values(&mut tx, def, rows, insert, shard_id)
-                        .await
-                };
+                let written = self
+                    .write_rows_as_values(&mut tx, def, rows, insert, shard_id)
+                    .await;
                 if let Err(err) = written {
                     let _ = tx.rollback().await;
                     if insert && err.is_unique_violation() {
@@ -388,44 +393,26 @@ impl Store {
         Ok(())
     }
 
-    /// PostgreSQL: as [`Store::write_rows_as_values`], each column's values of up to
-    /// [`MAX_ROWS_PER_ARRAY_STATEMENT`] rows bound as one array (see [`Dialect::insert_arrays`]).
-    async fn write_rows_as_arrays(
+    /// After recording the batch ids of a flush failed with `source` (and the transaction was
+    /// rolled back): [`Written::Duplicates`] when some were committed already, else the error.
+    pub(super) async fn batch_ids_refused(
         &self,
-        tx: &mut Transaction<'_, Any>,
-        def: &TableDef,
-        rows: &[&AggRow],
-        insert: bool,
-        shard_id: &str,
-    ) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
+        source: sqlx::Error,
+        ids: &[&BatchId],
+    ) -> Result<Written, StoreError> {
+        let err = StoreError::Database {
+            context: "recording batch ids".into(),
+            source,
+        };
+        if !err.is_unique_violation() {
+            return Err(err);
         }
-        let sql = self.dialect.insert_arrays(def, !insert);
-        for chunk in rows.chunks(MAX_ROWS_PER_ARRAY_STATEMENT) {
-            let mut query = sqlx::query(&sql);
-            for c in &def.columns {
-                if c.role == Role::Shard {
-                    query = query.bind(shard_id);
-                    continue;
-                }
-                let mut array = String::with_capacity(2 + chunk.len() * 8);
-                array.push('{');
-                for (i, row) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        array.push(',');
-                    }
-                    push_array_element(&mut array, row_param(def, c, row, shard_id)?);
-                }
-                array.push('}');
-                query = query.bind(array);
-            }
-            query
-                .execute(&mut **tx)
-                .await
-                .map_err(StoreError::db(format!("adding deltas to {}", def.name)))?;
-        }
-        Ok(())
+        let duplicates = self.committed_among(ids).await?;
+        debug!(
+            count = duplicates.len(),
+            "commit refused: batches already committed"
+        );
+        Ok(Written::Duplicates(duplicates))
     }
 
     /// Per table of `tables`: how many of its last rows (sorted by bucket) lie above the
@@ -682,7 +669,7 @@ fn check_row(def: &TableDef, layout: &Layout, row: &AggRow) -> Result<(), StoreE
 }
 
 /// The parameter of column `c` for `row` (a row [`check_row`] accepted).
-fn row_param<'a>(
+pub(super) fn row_param<'a>(
     def: &TableDef,
     c: &ColumnDef,
     row: &'a AggRow,
@@ -704,7 +691,7 @@ fn param_of<'a>(def: &TableDef, c: &ColumnDef, value: &'a Value) -> Result<Param
     Param::of(c.ty, value).map_err(|source| invalid_value(def, c, source))
 }
 
-fn invalid_value(def: &TableDef, c: &ColumnDef, source: ValueError) -> StoreError {
+pub(super) fn invalid_value(def: &TableDef, c: &ColumnDef, source: ValueError) -> StoreError {
     StoreError::InvalidValue {
         table: def.name.clone(),
         column: c.name.clone(),

@@ -36,6 +36,7 @@ mod db;
 mod dialect;
 mod error;
 mod migrate;
+mod postgres;
 mod schema;
 mod shard;
 mod values;

@@ -50,6 +50,19 @@ impl<'a> Param<'a> {
         })
     }
 
+    /// The Siddhi type of the value (a null's is its column's).
+    pub(crate) fn ty(self) -> AttrType {
+        match self {
+            Param::Null(ty) => ty,
+            Param::Str(_) => AttrType::String,
+            Param::Int(_) => AttrType::Int,
+            Param::Long(_) => AttrType::Long,
+            Param::Float(_) => AttrType::Float,
+            Param::Double(_) => AttrType::Double,
+            Param::Bool(_) => AttrType::Bool,
+        }
+    }
+
     pub(crate) fn bind(self, q: AnyQuery<'a>) -> AnyQuery<'a> {
         match self {
             Param::Null(AttrType::String) => q.bind(None::<&str>),
@@ -74,35 +87,6 @@ pub(crate) fn bind_all<'a>(mut q: AnyQuery<'a>, params: &[Param<'a>]) -> AnyQuer
         q = p.bind(q);
     }
     q
-}
-
-/// Appends `p` as one element of a PostgreSQL array literal (`{a,b,…}`), the text form a
-/// `CAST($n AS BIGINT[])` reads: null as `NULL`; strings always double-quoted with `"` and `\`
-/// backslash-escaped (the only characters special inside quotes; NUL never reaches a store);
-/// integers in decimal; floats in Rust's shortest form that reads back as the same value (only
-/// finite values reach a store); booleans `t`/`f`.
-pub(crate) fn push_array_element(out: &mut String, p: Param<'_>) {
-    use std::fmt::Write as _;
-    // Writing into a String cannot fail.
-    match p {
-        Param::Null(_) => out.push_str("NULL"),
-        Param::Str(s) => {
-            out.reserve(s.len() + 2);
-            out.push('"');
-            for ch in s.chars() {
-                if matches!(ch, '"' | '\\') {
-                    out.push('\\');
-                }
-                out.push(ch);
-            }
-            out.push('"');
-        }
-        Param::Int(x) => _ = write!(out, "{x}"),
-        Param::Long(x) => _ = write!(out, "{x}"),
-        Param::Float(x) => _ = write!(out, "{x}"),
-        Param::Double(x) => _ = write!(out, "{x}"),
-        Param::Bool(x) => out.push(if x { 't' } else { 'f' }),
-    }
 }
 
 /// A `u64` batch sequence as the BIGINT it is stored in: the same 64 bits, so every `u64` has
@@ -232,49 +216,6 @@ mod tests {
         );
         assert!(Param::of(AttrType::Int, &Value::Long(3)).is_err());
         assert!(Param::of(AttrType::String, &Value::Bool(true)).is_err());
-    }
-
-    #[test]
-    fn array_elements_quote_every_string_and_spell_numbers_exactly() {
-        let literal = |params: &[Param<'_>]| {
-            let mut out = String::from("{");
-            for (i, p) in params.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                push_array_element(&mut out, *p);
-            }
-            out.push('}');
-            out
-        };
-        assert_eq!(
-            literal(&[
-                Param::Str("a,b"),
-                Param::Str("say \"hi\""),
-                Param::Str("back\\slash"),
-                Param::Str("NULL"),
-                Param::Str(""),
-                Param::Str(" {x} "),
-                Param::Null(AttrType::String),
-            ]),
-            r#"{"a,b","say \"hi\"","back\\slash","NULL",""," {x} ",NULL}"#
-        );
-        assert_eq!(
-            literal(&[Param::Long(i64::MIN), Param::Int(-7), Param::Long(0)]),
-            "{-9223372036854775808,-7,0}"
-        );
-        assert_eq!(literal(&[Param::Bool(true), Param::Bool(false)]), "{t,f}");
-        // Floats read back exactly from their shortest form.
-        for x in [0.1, -0.0, f64::MAX, f64::MIN_POSITIVE, 5e-324, 1.0 / 3.0] {
-            let mut out = String::new();
-            push_array_element(&mut out, Param::Double(x));
-            assert_eq!(out.parse::<f64>().unwrap().to_bits(), x.to_bits(), "{out}");
-        }
-        for x in [0.1f32, f32::MAX, f32::MIN_POSITIVE, 1e-45] {
-            let mut out = String::new();
-            push_array_element(&mut out, Param::Float(x));
-            assert_eq!(out.parse::<f32>().unwrap().to_bits(), x.to_bits(), "{out}");
-        }
     }
 
     #[test]

@@ -1140,8 +1140,9 @@ async fn purges_remove_old_buckets_and_old_batch_ids() {
     .await;
 }
 
-/// Strings users send: quotes, SQL, backslashes, unicode, emoji, case and trailing spaces.
-const NASTY: [&str; 18] = [
+/// Strings users send: quotes, SQL, backslashes, unicode, emoji, case and trailing spaces; and
+/// what PostgreSQL's array literals and `COPY` text read specially.
+const NASTY: [&str; 22] = [
     "O'Brien",
     "\"quoted\"",
     "'; DROP TABLE shardtally_batches; --",
@@ -1160,6 +1161,10 @@ const NASTY: [&str; 18] = [
     "a,b",
     "NULL",
     " padded ",
+    "\\N",
+    "\\.",
+    "carriage\rreturn\r\n",
+    "\\t\t\\n",
 ];
 
 #[tokio::test]
@@ -1198,6 +1203,20 @@ async fn strings_round_trip_verbatim() {
             commit(&store, "n1'🍕", std::slice::from_ref(&weird), &layout, &d).await,
             CommitOutcome::Duplicates(vec![weird.clone()])
         );
+        // The rows were new: inserted (PostgreSQL: copied in). Again, under another batch,
+        // they exist: upserted (PostgreSQL: bound as arrays).
+        let again = batch("gw-'\"\\🍕", 2);
+        assert_eq!(
+            commit(&store, "n1'🍕", std::slice::from_ref(&again), &layout, &d).await,
+            CommitOutcome::Committed
+        );
+        let n = rows.len() as u64;
+        let expected = WriteCounts {
+            rows_inserted: n,
+            rows_upserted: n,
+            flushes_rewritten: 0,
+        };
+        assert_eq!(store.write_counts(), expected, "{:?}", db.backend);
         let mut got: Vec<AggRow> = all_rows(&store, &layout, Granularity::Hours)
             .await
             .into_iter()
@@ -1208,6 +1227,9 @@ async fn strings_round_trip_verbatim() {
             .collect();
         let key = |r: &AggRow| format!("{:?}", r.keys);
         got.sort_by_key(key);
+        for r in &mut rows {
+            r.count = 2;
+        }
         rows.sort_by_key(key);
         assert_eq!(got, rows, "{:?}", db.backend);
         // The meta tables survived the SQL in the strings.
