@@ -23,9 +23,9 @@ use crate::store::values::{Param, seq_to_db};
 
 type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
 
-/// How much `COPY` data is gathered before it is sent: bounds the memory a flush of many new
-/// rows takes while still sending in large writes.
-const COPY_CHUNK_BYTES: usize = 1 << 20;
+/// How much `COPY` data is gathered before it is sent: PostgreSQL reads and inserts one piece
+/// while the next is encoded, and a flush of many new rows never holds all its text at once.
+const COPY_CHUNK_BYTES: usize = 64 << 10;
 
 impl Store {
     /// One attempt at a flush's transaction on PostgreSQL (see [`Store::commit`]): the batch
