@@ -23,7 +23,9 @@ use crate::store::values::{Param, bind_all, cmp_values, decode, seq_from_db, seq
 /// How a [`Store`] connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
-    /// Pool size (at least 1; an in-memory SQLite database always uses exactly 1).
+    /// Pool size (at least 1; an in-memory SQLite database always uses exactly 1). PostgreSQL
+    /// has two pools of this size, the second for commits, opening connections as they need
+    /// them (one per concurrent commit: a worker commits one flush at a time).
     pub max_connections: u32,
     /// How long getting a connection may take — including connecting at all — before a
     /// (retriable) error. Default 10 s.
@@ -303,6 +305,7 @@ impl Store {
 
     /// One attempt at a flush's transaction: the batch ids, then each table's rows — the
     /// first `rows.len() - fresh[i]` of table `i` upserted, the last `fresh[i]` inserted.
+    /// PostgreSQL's goes through [`Store::write_flush_postgres`].
     async fn write_flush(
         &self,
         shard_id: &str,
