@@ -11,7 +11,7 @@
 //! through the Any pool, as on the other backends.
 
 use shardtally_publisher::protocol::AttrType;
-use sqlx::postgres::{PgArguments, PgConnection, PgPool, Postgres};
+use sqlx::postgres::{PgArguments, PgConnection, PgCopyIn, PgPool, Postgres};
 use sqlx::query::Query;
 
 use crate::layout::AggRow;
@@ -132,7 +132,33 @@ async fn copy_rows(
         .copy_in_raw(&dialect.copy_from_stdin(def))
         .await
         .map_err(StoreError::db(context()))?;
-    // Leaving early drops `copy`, which ends the copy with CopyFail: the caller rolls back.
+    if let Err(err) = send_rows(&mut copy, def, rows, shard_id).await {
+        // Ends the copy and reads the server's answer, so the connection is in step for the
+        // caller's rollback (dropping `copy` would leave that answer unread).
+        let _ = copy.abort("shardtally: the flush could not be sent").await;
+        return Err(err);
+    }
+    let copied = copy.finish().await.map_err(StoreError::db(context()))?;
+    if copied != rows.len() as u64 {
+        return Err(StoreError::Database {
+            context: context(),
+            source: sqlx::Error::Protocol(format!(
+                "COPY reported {copied} rows for {} sent",
+                rows.len()
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// Encodes `rows` in `COPY`'s text format and sends them in pieces of [`COPY_CHUNK_BYTES`].
+async fn send_rows(
+    copy: &mut PgCopyIn<&mut PgConnection>,
+    def: &TableDef,
+    rows: &[&AggRow],
+    shard_id: &str,
+) -> Result<(), StoreError> {
+    let context = || format!("copying new rows into {}", def.name);
     let mut data = String::with_capacity(COPY_CHUNK_BYTES.min(rows.len() * 128) + 512);
     for row in rows {
         for (i, c) in def.columns.iter().enumerate() {
@@ -153,16 +179,6 @@ async fn copy_rows(
         copy.send(data.as_bytes())
             .await
             .map_err(StoreError::db(context()))?;
-    }
-    let copied = copy.finish().await.map_err(StoreError::db(context()))?;
-    if copied != rows.len() as u64 {
-        return Err(StoreError::Database {
-            context: context(),
-            source: sqlx::Error::Protocol(format!(
-                "COPY reported {copied} rows for {} sent",
-                rows.len()
-            )),
-        });
     }
     Ok(())
 }
