@@ -17,8 +17,9 @@
 //!    soon as it is folded and the aggregates are thrown away. The protocol's ceiling.
 //! 5. **naive**: one upsert per event, autocommit, for a bounded sample, extrapolated.
 //! 6. **database**: the rate of 1,000-row commit transactions on one connection through the
-//!    workers' own commit path (new SECONDS rows: plain INSERTs, as the workers write any row
-//!    above their shard's newest bucket), against which the rows/s of step 2 are judged.
+//!    workers' own commit path (new SECONDS rows: plain INSERTs — on PostgreSQL one `COPY` — as
+//!    the workers write any row above their shard's newest bucket), against which the rows/s of
+//!    step 2 are judged.
 //!
 //! The results go to `<results>/bench/<UTC timestamp>/` (`summary.json`, `latency.hgrm`,
 //! `table.txt`, the workers' logs, the embedded database) and the table to stdout. The exit
