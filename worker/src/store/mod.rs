@@ -26,9 +26,10 @@
 //! timeout), READ COMMITTED on PostgreSQL and MySQL. The dedup INSERT is the arbiter: a unique
 //! index is enforced whatever the isolation level, and a concurrent insert of the same id waits
 //! for the other transaction and then fails. The upserts are single-row atomic read-modify-writes
-//! on every backend. Rows above a shard's newest bucket are plain INSERTs, arbitrated by the
-//! primary key the same way: a concurrent or earlier row with that key makes the INSERT fail, and
-//! the commit is written again with upserts only (nothing is lost or counted twice). CockroachDB
+//! on every backend. Rows above a shard's newest bucket are plain INSERTs (PostgreSQL: one `COPY`
+//! per table), arbitrated by the primary key the same way: a concurrent or earlier row with that
+//! key makes the INSERT (or COPY) fail, and the commit is written again with upserts only (nothing
+//! is lost or counted twice). CockroachDB
 //! and YugabyteDB may run the transaction SERIALIZABLE; their serialization failures (40001) are
 //! retriable, and a retried commit that did go through comes back as `Duplicates`.
 

@@ -1141,7 +1141,7 @@ async fn purges_remove_old_buckets_and_old_batch_ids() {
 }
 
 /// Strings users send: quotes, SQL, backslashes, unicode, emoji, case and trailing spaces; and
-/// what PostgreSQL's array literals and `COPY` text read specially.
+/// what PostgreSQL's `COPY` text format (and array literals) read specially.
 const NASTY: [&str; 22] = [
     "O'Brien",
     "\"quoted\"",
