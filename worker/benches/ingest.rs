@@ -11,11 +11,16 @@
 //!   every event a new row) or `live` (one second of event time per million events: rows are
 //!   reused); the aggregator is drained every 200 batches, like a flush, and the drain is part of
 //!   the time.
+//! - `drain/<flush>`: [`Aggregator::drain`] of one flush, and dropping what it hands out (as the
+//!   commit does): `replay`, 144,000 events over 1,000 keys and 26 s of event time (≈ 26,000
+//!   SECONDS rows, one worker's flush of the one-hour replay of `shardtally-loadgen bench`), and
+//!   `live`, 200,000 events over 1,000 keys in 200 ms of event time (≈ 1,000 rows per
+//!   granularity).
 
 use std::hint::black_box;
 
 use bytes::BytesMut;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use shardtally_publisher::protocol::{BatchEncoder, Frame, FrameCodec, ValueRef};
 use shardtally_worker::catalog::Catalog;
 use shardtally_worker::config::AppSource;
@@ -116,5 +121,32 @@ fn record(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode_batch, record);
+fn drain(c: &mut Criterion) {
+    let catalog = Catalog::load(&AppSource::Bundled, true).expect("bundled app");
+    let keys = Keys::new(1_000);
+    let mut group = c.benchmark_group("drain");
+    // (name, events, event-time offset of event i in ms)
+    let flushes: [(&str, u64, fn(u64) -> u64); 2] = [
+        ("replay", 144_000, |i| i * 2 / 11),
+        ("live", 200_000, |i| i / 1_000),
+    ];
+    for (name, events, offset) in flushes {
+        let mut filled = catalog.aggregators().swap_remove(0);
+        for i in 0..events {
+            let mut event = keys.event(i, true);
+            event[3] = ValueRef::Long(1_795_168_800_000 + i64::try_from(offset(i)).unwrap_or(0));
+            filled.record(&event, 0);
+        }
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || filled.clone(),
+                |a| drop(black_box(a.drain())),
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode_batch, record, drain);
 criterion_main!(benches);

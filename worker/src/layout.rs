@@ -12,6 +12,8 @@
 //! primary key (AGG_TIMESTAMP, SHARD_ID?, AGG_EVENT_TIMESTAMP?, keys…)
 //! ```
 
+use std::sync::Arc;
+
 use shardtally_publisher::protocol::{AttrType, Value};
 
 use crate::bucket::Granularity;
@@ -113,8 +115,9 @@ impl Layout {
 pub struct AggRow {
     /// Bucket start, epoch ms (`AGG_TIMESTAMP`, and `AGG_EVENT_TIMESTAMP` when event-timed).
     pub bucket: i64,
-    /// Group-by values.
-    pub keys: Vec<Value>,
+    /// Group-by values: shared by every row of the group (a drain hands the same key to each
+    /// granularity's row instead of copying its strings).
+    pub keys: Arc<[Value]>,
     /// Event time of the latest event seen (`AGG_LAST_EVENT_TIMESTAMP`).
     pub last_event_ts: i64,
     /// Latest-value attributes, from the event at `last_event_ts`.

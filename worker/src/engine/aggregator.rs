@@ -9,6 +9,7 @@
 //! rolls the finest rows up into every coarser granularity on integers, so all granularities of
 //! one delta agree by construction (calendar buckets nest: seconds ⊂ minutes ⊂ … ⊂ years).
 
+use std::sync::Arc;
 use std::hash::{BuildHasher, Hasher};
 
 use hashbrown::hash_map::Entry;
@@ -86,7 +87,7 @@ struct Groups {
     /// Ids, hashed by their values.
     table: HashTable<u32>,
     /// Values by id.
-    keys: Vec<Box<[Value]>>,
+    keys: Vec<Arc<[Value]>>,
 }
 
 /// Interned groups kept across drains; past this many, a drain forgets them all.
@@ -396,22 +397,27 @@ impl Aggregator {
         grans.dedup();
         let (nl, nm) = (self.latest.len(), self.measures.len());
         let rank = self.groups.ranks();
-        let mut finest: Vec<LevelRow> = self
+        // Sorted as small (bucket, rank, group, row) tuples, then made into rows.
+        let mut order: Vec<(i64, u32, u32, u32)> = self
             .rows
             .drain()
-            .map(|(id, row)| {
+            .map(|(id, row)| (id.bucket, rank[id.group as usize], id.group, row))
+            .collect();
+        order.sort_unstable_by_key(|&(bucket, rank, ..)| (bucket, rank));
+        let finest: Vec<LevelRow> = order
+            .into_iter()
+            .map(|(bucket, rank, group, row)| {
                 let row = row as usize;
                 LevelRow {
-                    bucket: id.bucket,
-                    rank: rank[id.group as usize],
-                    group: id.group,
+                    bucket,
+                    rank,
+                    group,
                     acc: self.accs[row],
                     latest_from: row,
                     measures: Vec::new(),
                 }
             })
             .collect();
-        finest.sort_unstable_by_key(|r| (r.bucket, r.rank));
         // Coarser levels, each rolled up from the one before.
         let mut coarse: Vec<(Granularity, Vec<LevelRow>)> = Vec::with_capacity(grans.len());
         for g in grans.iter().skip(1) {
@@ -424,7 +430,7 @@ impl Aggregator {
         let keys = &self.groups.keys;
         let row_of = |r: &LevelRow, latest: Vec<Value>, measures: Vec<Value>| AggRow {
             bucket: r.bucket,
-            keys: keys[r.group as usize].to_vec(),
+            keys: Arc::clone(&keys[r.group as usize]),
             last_event_ts: r.acc.last_event_ts,
             latest,
             count: r.acc.count,
@@ -569,7 +575,9 @@ fn roll_up(
         .enumerate()
         .map(|(i, r)| (g.bucket_start(r.bucket), r.rank, i))
         .collect();
-    order.sort_unstable();
+    // `level` is sorted by (bucket, rank), so each of its buckets is one sorted run of this
+    // order: the stable sort merges those runs instead of sorting from scratch.
+    order.sort();
     let measures_of = |r: &LevelRow| -> Vec<Value> {
         if r.measures.len() == nm {
             r.measures.clone()

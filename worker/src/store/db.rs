@@ -524,7 +524,7 @@ impl Store {
                 a.bucket.cmp(&b.bucket).then_with(|| {
                     a.keys
                         .iter()
-                        .zip(&b.keys)
+                        .zip(b.keys.iter())
                         .map(|(x, y)| cmp_values(x, y))
                         .find(|o| o.is_ne())
                         .unwrap_or(std::cmp::Ordering::Equal)
@@ -535,7 +535,7 @@ impl Store {
                     || w[0]
                         .keys
                         .iter()
-                        .zip(&w[1].keys)
+                        .zip(w[1].keys.iter())
                         .any(|(x, y)| cmp_values(x, y).is_ne())),
                 "a delta for {} holds one (bucket, keys) twice",
                 def.name
@@ -708,9 +708,10 @@ fn decode_row(
     layout: &Layout,
     r: &sqlx::any::AnyRow,
 ) -> Result<StoredRow, StoreError> {
+    let mut keys: Vec<Value> = vec![Default::default(); layout.keys.len()];
     let mut row = AggRow {
         bucket: 0,
-        keys: vec![Default::default(); layout.keys.len()],
+        keys: Arc::from([]),
         last_event_ts: 0,
         latest: vec![Default::default(); layout.latest.len()],
         count: 0,
@@ -756,13 +757,14 @@ fn decode_row(
                 }
             },
             Role::EventTimestamp => {}
-            Role::Key(k) => row.keys[k] = value,
+            Role::Key(k) => keys[k] = value,
             Role::Latest(k) => row.latest[k] = value,
             Role::LastEventTimestamp => row.last_event_ts = long(value)?,
             Role::Count => row.count = long(value)?,
             Role::Measure(k, _) => row.measures[k] = value,
         }
     }
+    row.keys = keys.into();
     Ok(StoredRow { shard_id, row })
 }
 

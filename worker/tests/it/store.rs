@@ -71,7 +71,7 @@ fn geo_row(
 ) -> AggRow {
     AggRow {
         bucket,
-        keys: vec![country.into(), city.into()],
+        keys: vec![country.into(), city.into()].into(),
         last_event_ts: last_ts,
         latest: vec![api.into()],
         count,
@@ -430,7 +430,7 @@ async fn every_type_round_trips() {
                 Value::Int(-7),
                 Value::Long(i64::MIN + 1),
                 Value::Bool(b),
-            ],
+            ].into(),
             last_event_ts: last,
             latest,
             count,
@@ -1282,14 +1282,14 @@ async fn values_a_column_cannot_hold_are_refused_before_writing() {
             ),
             (
                 AggRow {
-                    keys: vec![Value::Null, "Naples".into()],
+                    keys: vec![Value::Null, "Naples".into()].into(),
                     ..good.clone()
                 },
                 ValueError::NullKey,
             ),
             (
                 AggRow {
-                    keys: vec!["Italy".into(), "Naples".into()],
+                    keys: vec!["Italy".into(), "Naples".into()].into(),
                     measures: vec![Value::Double(1.0), Value::Null, Value::Null],
                     ..good.clone()
                 },
@@ -1533,7 +1533,7 @@ async fn wide_keys_fit_the_key_limit_on_every_backend() {
         keys.push(Value::Double(0.5));
         let row = AggRow {
             bucket: Granularity::Seconds.bucket_start(t),
-            keys: keys.clone(),
+            keys: keys.clone().into(),
             last_event_ts: t,
             latest: vec![Value::Null],
             count: 1,
@@ -1546,7 +1546,8 @@ async fn wide_keys_fit_the_key_limit_on_every_backend() {
 
         // One character more is refused before reaching the database.
         let mut too_wide = row.clone();
-        too_wide.keys[5] = Value::from(format!("{longest}!"));
+        keys[5] = Value::from(format!("{longest}!"));
+        too_wide.keys = keys.into();
         let d2 = Delta {
             rows: vec![(Granularity::Seconds, vec![too_wide])],
         };

@@ -56,7 +56,7 @@ fn geo_counts_per_bucket_and_city() {
     assert_eq!(delta.row_count(), 3 + 3 + 3 + 2 + 2 + 2);
     let row = |bucket: i64, city: &str, last: i64, api: &str, count: i64| AggRow {
         bucket,
-        keys: vec![s("Italy"), s(city)],
+        keys: [s("Italy"), s(city)].into(),
         last_event_ts: last,
         latest: vec![s(api)],
         count,
@@ -144,7 +144,7 @@ fn siddhi_test5_seconds_rows() {
     let delta = agg.drain();
     let row = |bucket: i64, sym: &str, last_trade: f32, sum: f64, max: f32, min: f32| AggRow {
         bucket,
-        keys: vec![s(sym)],
+        keys: [s(sym)].into(),
         last_event_ts: bucket,
         latest: vec![Value::Float(last_trade)],
         count: 2,
@@ -166,7 +166,7 @@ fn siddhi_test5_seconds_rows() {
     );
     let hours = rows_of(&delta, Granularity::Hours);
     assert_eq!(hours.len(), 2);
-    assert_eq!(hours[1].keys, [s("WSO2")]);
+    assert_eq!(*hours[1].keys, [s("WSO2")]);
     assert_eq!(hours[1].count, 4);
     assert_eq!(hours[1].last_event_ts, 1_496_289_952_000);
     assert_eq!(hours[1].latest, [Value::Float(1600.0)]);
@@ -236,7 +236,7 @@ fn nulls_are_valid_keys_and_values() {
         .map(|r| {
             (
                 r.bucket,
-                r.keys.clone(),
+                r.keys.to_vec(),
                 r.last_event_ts,
                 r.latest.clone(),
                 r.count,
@@ -442,7 +442,7 @@ fn model(src: &str, events: &[Ev]) -> BTreeMap<Key, AggRow> {
         for &g in &l.granularities {
             let probe = AggRow {
                 bucket: g.bucket_start(ts),
-                keys: keys.clone(),
+                keys: keys.clone().into(),
                 last_event_ts: 0,
                 latest: vec![],
                 count: 0,
@@ -546,7 +546,7 @@ fn model(src: &str, events: &[Ev]) -> BTreeMap<Key, AggRow> {
                 .collect();
             let row = AggRow {
                 bucket,
-                keys,
+                keys: keys.into(),
                 last_event_ts: ts_of(le),
                 latest,
                 count: i64::try_from(evs.len()).unwrap(),
