@@ -156,6 +156,7 @@ type CommitTask = tokio::task::JoinHandle<CommitDone>;
 struct CommitDone {
     outcome: Result<CommitOutcome, StoreError>,
     ids: Vec<BatchId>,
+    /// The deltas, after a retriable failure only (empty otherwise).
     deltas: Vec<Delta>,
     micros: u64,
     /// The backoff before the next retry, should this one fail.
@@ -418,6 +419,15 @@ impl Ingest {
             let outcome = {
                 let pairs: Vec<_> = catalog.layouts.iter().zip(deltas.iter()).collect();
                 store.commit(&shard, &ids, &pairs).await
+            };
+            // Only a retriable failure commits the same deltas again (the other outcomes rebuild
+            // theirs from the frames): the rest are freed here, off the ingest task.
+            let deltas = match &outcome {
+                Err(e) if e.is_retriable() => deltas,
+                _ => {
+                    drop(deltas);
+                    Vec::new()
+                }
             };
             CommitDone {
                 outcome,
