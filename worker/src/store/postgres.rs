@@ -189,27 +189,36 @@ async fn send_rows(
 /// value (only finite values reach a store); booleans `t`/`f`.
 pub(crate) fn push_copy_field(out: &mut String, p: Param<'_>) {
     use std::fmt::Write as _;
-    // Writing into a String cannot fail.
     match p {
         Param::Null(_) => out.push_str("\\N"),
-        Param::Str(s) if !s.contains(['\\', '\t', '\n', '\r']) => out.push_str(s),
-        Param::Str(s) => {
-            for ch in s.chars() {
-                match ch {
-                    '\\' => out.push_str("\\\\"),
-                    '\t' => out.push_str("\\t"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    ch => out.push(ch),
-                }
-            }
-        }
-        Param::Int(x) => _ = write!(out, "{x}"),
-        Param::Long(x) => _ = write!(out, "{x}"),
+        Param::Str(s) => push_copy_text(out, s),
+        Param::Int(x) => out.push_str(itoa::Buffer::new().format(x)),
+        Param::Long(x) => out.push_str(itoa::Buffer::new().format(x)),
+        // Writing into a String cannot fail.
         Param::Float(x) => _ = write!(out, "{x}"),
         Param::Double(x) => _ = write!(out, "{x}"),
         Param::Bool(x) => out.push(if x { 't' } else { 'f' }),
     }
+}
+
+/// Appends `s` with backslash, tab, newline and carriage return backslash-escaped. Those are
+/// ASCII, and no byte of a multi-byte UTF-8 character is, so the text between them is copied
+/// in runs, byte-wise.
+fn push_copy_text(out: &mut String, s: &str) {
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'\\' => "\\\\",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            _ => continue,
+        };
+        out.push_str(&s[run..i]);
+        out.push_str(escaped);
+        run = i + 1;
+    }
+    out.push_str(&s[run..]);
 }
 
 /// One column's values of a statement's rows, bound as one PostgreSQL array of the column's
@@ -315,6 +324,15 @@ mod tests {
                 Param::Null(AttrType::String),
             ]),
             "a,b\ttab\\there\ttwo\\nlines\\r\tback\\\\slash\t\\\\N\t\\\\.\t\t {\"x\"} \t\\N"
+        );
+        // Multi-byte characters next to escaped bytes stay whole.
+        assert_eq!(
+            fields(&[Param::Str("é\t🍕\\ß\n"), Param::Str("\r\r"), Param::Str("Napoli 🍕")]),
+            "é\\t🍕\\\\ß\\n\t\\r\\r\tNapoli 🍕"
+        );
+        assert_eq!(
+            fields(&[Param::Long(i64::MAX), Param::Int(i32::MIN), Param::Long(0)]),
+            "9223372036854775807\t-2147483648\t0"
         );
         assert_eq!(
             fields(&[
