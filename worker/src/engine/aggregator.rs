@@ -9,8 +9,8 @@
 //! rolls the finest rows up into every coarser granularity on integers, so all granularities of
 //! one delta agree by construction (calendar buckets nest: seconds ⊂ minutes ⊂ … ⊂ years).
 
-use std::sync::Arc;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 
 use hashbrown::hash_map::Entry;
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};

@@ -327,7 +327,11 @@ mod tests {
         );
         // Multi-byte characters next to escaped bytes stay whole.
         assert_eq!(
-            fields(&[Param::Str("é\t🍕\\ß\n"), Param::Str("\r\r"), Param::Str("Napoli 🍕")]),
+            fields(&[
+                Param::Str("é\t🍕\\ß\n"),
+                Param::Str("\r\r"),
+                Param::Str("Napoli 🍕")
+            ]),
             "é\\t🍕\\\\ß\\n\t\\r\\r\tNapoli 🍕"
         );
         assert_eq!(

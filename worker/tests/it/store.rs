@@ -430,7 +430,8 @@ async fn every_type_round_trips() {
                 Value::Int(-7),
                 Value::Long(i64::MIN + 1),
                 Value::Bool(b),
-            ].into(),
+            ]
+            .into(),
             last_event_ts: last,
             latest,
             count,
