@@ -126,7 +126,8 @@ fn drain(c: &mut Criterion) {
     let keys = Keys::new(1_000);
     let mut group = c.benchmark_group("drain");
     // (name, events, event-time offset of event i in ms)
-    let flushes: [(&str, u64, fn(u64) -> u64); 2] = [
+    type Flush = (&'static str, u64, fn(u64) -> u64);
+    let flushes: [Flush; 2] = [
         ("replay", 144_000, |i| i * 2 / 11),
         ("live", 200_000, |i| i / 1_000),
     ];
