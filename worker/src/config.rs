@@ -221,8 +221,9 @@ pub struct OwnSection {
     pub allow_unauthenticated: Option<bool>,
     /// Maximum events held uncommitted before reading from sockets pauses.
     pub max_pending_events: Option<usize>,
-    /// Maximum aggregate rows (finest granularity) folded but not yet drained into a commit:
-    /// bounds a commit's size, its duration and the worker's memory.
+    /// Maximum aggregate rows, over every granularity, the events folded but not yet drained
+    /// would write (an upper bound): bounds a commit's size, its duration and the worker's
+    /// memory; a commit is due at half.
     pub max_pending_rows: Option<usize>,
     /// Maximum accepted frame length in bytes.
     pub max_frame_len: Option<u32>,
@@ -726,7 +727,7 @@ impl WorkerConfig {
             allow_shard_change: o.allow_shard_change
                 || own.and_then(|s| s.allow_shard_change).unwrap_or(false),
             max_pending_events: own.and_then(|s| s.max_pending_events).unwrap_or(500_000),
-            max_pending_rows: own.and_then(|s| s.max_pending_rows).unwrap_or(25_000),
+            max_pending_rows: own.and_then(|s| s.max_pending_rows).unwrap_or(100_000),
             max_frame_len: own
                 .and_then(|s| s.max_frame_len)
                 .unwrap_or(16 * 1024 * 1024),

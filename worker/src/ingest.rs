@@ -91,7 +91,8 @@ pub(crate) struct IngestSettings {
     pub(crate) shard_id: String,
     pub(crate) flush_interval: Duration,
     pub(crate) max_pending_events: usize,
-    /// Finest rows folded (not yet drained) at which a commit is due, and reading pauses.
+    /// Rows of every granularity the pending events would write (bounded from above:
+    /// [`Aggregator::drain_rows_bound`]) at which reading pauses; a commit is due at half.
     pub(crate) max_pending_rows: usize,
     /// Longest string value accepted (what the database columns hold).
     pub(crate) max_string_len: usize,
@@ -378,9 +379,13 @@ impl Ingest {
         }
     }
 
-    /// Finest-granularity rows folded and not drained yet, over every aggregator.
+    /// The rows of every granularity the pending events would write (an upper bound), over
+    /// every aggregator.
     fn pending_rows(&self) -> usize {
-        self.aggregators.iter().map(Aggregator::pending_rows).sum()
+        self.aggregators
+            .iter()
+            .map(Aggregator::drain_rows_bound)
+            .sum()
     }
 
     /// Drains the pending batches into a commit task, when a flush is due and there is

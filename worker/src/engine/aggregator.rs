@@ -182,6 +182,91 @@ struct Acc {
     count: i64,
 }
 
+/// What the pending finest rows span, for [`Aggregator::drain_rows_bound`]: the groups they
+/// belong to and, per coarser granularity, the buckets they fall in. Updated once per new
+/// finest row (not per event); for events in time order the buckets cost one range check.
+#[derive(Debug, Clone, Default)]
+struct Span {
+    /// `touched[group] == epoch`: the group has a pending row.
+    touched: Vec<u32>,
+    /// Starts at 1 (0 = never touched); a drain moves on to the next.
+    epoch: u32,
+    /// Groups with a pending row.
+    groups: usize,
+    /// One per granularity coarser than the finest.
+    coarser: Vec<CoarserBuckets>,
+}
+
+#[derive(Debug, Clone)]
+struct CoarserBuckets {
+    granularity: Granularity,
+    /// The last bucket noted, `[start, end)`, to skip the set for rows in the same bucket.
+    last: (i64, i64),
+    /// Every bucket noted since the last drain.
+    seen: hashbrown::HashSet<i64>,
+}
+
+impl Span {
+    fn new(coarser: impl Iterator<Item = Granularity>) -> Span {
+        Span {
+            touched: Vec::new(),
+            epoch: 1,
+            groups: 0,
+            coarser: coarser
+                .map(|granularity| CoarserBuckets {
+                    granularity,
+                    last: (0, 0),
+                    seen: hashbrown::HashSet::new(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Notes a new finest row: `bucket` (its start) of `group`.
+    fn note(&mut self, group: u32, bucket: i64) {
+        let g = group as usize;
+        if g >= self.touched.len() {
+            self.touched.resize(g + 1, 0);
+        }
+        if self.touched[g] != self.epoch {
+            self.touched[g] = self.epoch;
+            self.groups += 1;
+        }
+        for c in &mut self.coarser {
+            if !(c.last.0 <= bucket && bucket < c.last.1) {
+                let start = c.granularity.bucket_start(bucket);
+                c.last = (start, c.granularity.next_bucket(start));
+                c.seen.insert(start);
+            }
+        }
+    }
+
+    /// The bound on the rows a drain of `finest` pending rows returns (see
+    /// [`Aggregator::drain_rows_bound`]).
+    fn bound(&self, finest: usize) -> usize {
+        self.coarser.iter().fold(finest, |n, c| {
+            n.saturating_add(finest.min(self.groups.saturating_mul(c.seen.len())))
+        })
+    }
+
+    /// Forgets the pending rows (a drain took them). `groups_forgotten`: the group ids restart.
+    fn reset(&mut self, groups_forgotten: bool) {
+        self.groups = 0;
+        for c in &mut self.coarser {
+            c.last = (0, 0);
+            c.seen.clear();
+        }
+        if groups_forgotten {
+            self.touched.clear();
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.touched.fill(0);
+            self.epoch = 1;
+        }
+    }
+}
+
 /// A row of one level of a drain: its identity, and where its values come from.
 #[derive(Debug, Clone)]
 struct LevelRow {
@@ -216,6 +301,7 @@ pub struct Aggregator {
     latest_values: Vec<Value>,
     /// Measure values of every row, `measures.len()` per row.
     measure_values: Vec<Value>,
+    span: Span,
     seq: u64,
 }
 
@@ -289,8 +375,14 @@ impl Aggregator {
             .map(arg)
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
+        let finest = layout.granularities.iter().min().copied();
+        let mut coarser = layout.granularities.clone();
+        coarser.sort();
+        coarser.dedup();
+        coarser.retain(|&g| Some(g) != finest);
         Ok(Aggregator {
-            finest: layout.granularities.iter().min().copied(),
+            finest,
+            span: Span::new(coarser.into_iter()),
             layout,
             key_idx,
             time_idx,
@@ -339,6 +431,7 @@ impl Aggregator {
             Entry::Vacant(v) => {
                 let row = self.accs.len();
                 v.insert(u32::try_from(row).unwrap_or(u32::MAX));
+                self.span.note(group, bucket);
                 self.accs.push(Acc {
                     last_event_ts: i64::MIN,
                     seq: 0,
@@ -386,6 +479,17 @@ impl Aggregator {
     /// returns at most this many rows per granularity.
     pub fn pending_rows(&self) -> usize {
         self.rows.len()
+    }
+
+    /// An upper bound on the rows the next [`drain`](Aggregator::drain) returns, over every
+    /// granularity: the finest rows, plus for each coarser granularity the smaller of that
+    /// count and (groups with a pending row × distinct buckets of that granularity they fall
+    /// in) — exact for one group, or where each coarser level's rows fall in one bucket. What
+    /// a commit of these rows will write: [`pending_rows`](Aggregator::pending_rows) counts
+    /// the finest level only, which misjudges a commit both ways — many keys make every finest
+    /// row several coarser ones, few keys over a long span (a replay) many finest rows a few.
+    pub fn drain_rows_bound(&self) -> usize {
+        self.span.bound(self.rows.len())
     }
 
     /// Returns and clears everything recorded since the last drain: for each granularity of the
@@ -478,9 +582,11 @@ impl Aggregator {
         self.latest_values = latest_values;
         self.measure_values = measure_values;
         self.accs.clear();
-        if self.groups.keys.len() > GROUPS_RETAINED {
+        let forget = self.groups.keys.len() > GROUPS_RETAINED;
+        if forget {
             self.groups.clear();
         }
+        self.span.reset(forget);
         Delta { rows }
     }
 }

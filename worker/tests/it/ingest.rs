@@ -9,7 +9,8 @@ use serde_json::json;
 use shardtally_publisher::protocol::{BatchEncoder, ErrorCode, Frame, RejectCode, Value};
 
 use crate::cluster::{
-    GEO_COLUMNS, RawClient, WorkerProc, http, naples_rows, query_records, read_some, serve_args,
+    GEO_COLUMNS, RawClient, WorkerProc, http, naples_rows, query_records, read_some, scratch_dir,
+    serve_args,
 };
 use crate::common::{TestDb, on_every_backend};
 use shardtally_worker::store::Backend;
@@ -437,4 +438,47 @@ async fn a_batch_the_database_refuses_is_rejected_and_the_others_in_its_flush_co
         db
     })
     .await;
+}
+
+/// `max_pending_rows` counts the rows a commit would write at every granularity: with flushes an
+/// hour apart, a commit starts once the pending events would write half the cap, whether those
+/// rows are seconds or the minutes … years above them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_is_due_when_the_rows_of_every_granularity_reach_half_the_cap() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let config = scratch_dir().join("deployment.yaml");
+    std::fs::write(&config, "shardtally:\n  max_pending_rows: 100\n").expect("config");
+    let mut args = serve_args(&db.url, "node-cap");
+    let at = args
+        .iter()
+        .position(|a| a == "--flush-interval")
+        .expect("flag");
+    args[at + 1] = "1h".into();
+    args.extend(["--config".into(), config.display().to_string()]);
+    let w = WorkerProc::start(&args);
+    let mut c = RawClient::connect(w.listen, "gw-cap", "")
+        .await
+        .expect("hello");
+    // 10 events 6 minutes apart: 10 seconds + 10 minutes + 1 hour, day, month, year = 24 rows.
+    c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(10))
+        .await;
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), c.recv())
+            .await
+            .is_err(),
+        "24 pending rows of a 100-row cap: nothing is due before the hour's flush"
+    );
+    // 30 more, 2 minutes apart (every third on a second of the first batch): 30 seconds + 30
+    // minutes + 4 = 64 rows ≥ 50, though only 30 of them are seconds.
+    c.send_batch(2, "geoTempStream", &GEO_COLUMNS, &naples_rows(30))
+        .await;
+    let mut acked = vec![c.recv().await, c.recv().await];
+    acked.sort_by_key(|f| match f {
+        Frame::Ack { seq } => *seq,
+        _ => u64::MAX,
+    });
+    assert_eq!(acked, [Frame::Ack { seq: 1 }, Frame::Ack { seq: 2 }]);
+    assert_eq!(query_records(&db.url, HOUR_QUERY), naples(40));
+    drop(w);
+    db.cleanup().await;
 }

@@ -47,8 +47,10 @@ fn geo_counts_per_bucket_and_city() {
         );
     }
     assert_eq!(agg.pending_rows(), 3);
+    assert_eq!(agg.drain_rows_bound(), 3 + 3 + 3 + 2 + 2 + 2);
     let delta = agg.drain();
     assert_eq!(agg.pending_rows(), 0);
+    assert_eq!(agg.drain_rows_bound(), 0);
     assert_eq!(
         delta.rows.iter().map(|(g, _)| *g).collect::<Vec<_>>(),
         Granularity::ALL
@@ -179,6 +181,72 @@ fn siddhi_test5_seconds_rows() {
             Value::Float(50.0)
         ]
     );
+}
+
+fn geo_event(city: &str, t: i64) -> [ValueRef<'_>; 4] {
+    [
+        ValueRef::String("PizzaShackAPI"),
+        ValueRef::String("Italy"),
+        ValueRef::String(city),
+        ValueRef::Long(t),
+    ]
+}
+
+/// A replay (few keys, events in time order) makes many finest rows and few coarser ones; the
+/// bound a commit is sized by counts what a drain returns, at every granularity.
+#[test]
+fn drain_rows_bound_counts_a_replay_exactly() {
+    let mut agg = aggregator(BUNDLED_GEO_APP, false);
+    let cities: Vec<String> = (0..10).map(|i| format!("city-{i}")).collect();
+    let start = ms("2026-11-20T10:59:00Z");
+    // Two minutes (10:59 and 11:00, across an hour), every city every second.
+    for sec in 0..120 {
+        for c in &cities {
+            agg.record(&geo_event(c, start + sec * 1000 + 500), 0);
+        }
+    }
+    assert_eq!(agg.pending_rows(), 1200);
+    // 1,200 seconds; 20 minutes; 20 hours; 10 days, months, years.
+    assert_eq!(agg.drain_rows_bound(), 1200 + 20 + 20 + 10 + 10 + 10);
+    assert_eq!(agg.drain().row_count(), 1270);
+    // The next drain's bound starts from nothing: one city, one second.
+    agg.record(&geo_event("city-3", start + 200_000), 0);
+    assert_eq!(agg.drain_rows_bound(), 6);
+    assert_eq!(agg.drain().row_count(), 6);
+    assert_eq!(agg.drain_rows_bound(), 0);
+}
+
+/// Out of time order the bound may over-count (groups × buckets, capped by the finest rows),
+/// never under: a commit is sized before it is drained.
+#[test]
+fn drain_rows_bound_is_an_upper_bound_out_of_order() {
+    let mut agg = aggregator(BUNDLED_GEO_APP, false);
+    let t = ms("2026-11-20T10:00:00Z");
+    let hour = 3_600_000;
+    // Two cities in two hours each, crossed: 4 rows at seconds, minutes and hours (the bound:
+    // 2 groups × 2 buckets), 2 at days, months, years (2 groups × 1 bucket).
+    for (city, at) in [
+        ("Naples", t),
+        ("Rome", t + hour),
+        ("Rome", t),
+        ("Naples", t + hour),
+    ] {
+        agg.record(&geo_event(city, at), 0);
+    }
+    assert_eq!(agg.drain_rows_bound(), 4 + 4 + 4 + 2 + 2 + 2);
+    assert_eq!(agg.drain().row_count(), 4 + 4 + 4 + 2 + 2 + 2);
+    // Naples in minute 10:00, Rome in 10:01, two seconds each: 2 minute rows, where the bound
+    // (2 groups × 2 minutes, capped at 4 finest rows) says 4.
+    for (city, at) in [
+        ("Naples", t),
+        ("Naples", t + 1_000),
+        ("Rome", t + 60_000),
+        ("Rome", t + 61_000),
+    ] {
+        agg.record(&geo_event(city, at), 0);
+    }
+    assert_eq!(agg.drain_rows_bound(), 4 + 4 + 2 + 2 + 2 + 2);
+    assert_eq!(agg.drain().row_count(), 4 + 2 + 2 + 2 + 2 + 2);
 }
 
 #[test]
@@ -571,7 +639,13 @@ fn incremental(src: &str, events: &[Ev], cuts: &[usize]) -> (Layout, BTreeMap<Ke
         }
         start = start.max(cut);
         let pending = agg.pending_rows();
+        let bound = agg.drain_rows_bound();
         let delta = agg.drain();
+        assert!(
+            delta.row_count() <= bound,
+            "{} rows drained, bound {bound}",
+            delta.row_count()
+        );
         for (g, rows) in &delta.rows {
             assert!(rows.len() <= pending);
             // Sorted by bucket then keys, each (bucket, keys) once.
