@@ -175,6 +175,69 @@ pub(crate) fn outcomes(summary: &serde_json::Value) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// A database created for one test on a server from [`database_servers`], dropped on drop.
+pub(crate) struct FreshDatabase {
+    server_url: String,
+    name: String,
+    /// The new database's URL.
+    pub(crate) url: String,
+}
+
+impl FreshDatabase {
+    /// Creates `st_it_<tag>_<random>` on the server `server_url` names.
+    pub(crate) fn create(server_url: &str, tag: &str) -> FreshDatabase {
+        let name = format!("st_it_{tag}_{:08x}", rand::random::<u32>());
+        admin_sql(server_url, &format!("CREATE DATABASE {name}"));
+        let (base, query) = server_url
+            .split_once('?')
+            .map_or((server_url, None), |(b, q)| (b, Some(q)));
+        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+        let url = match query {
+            Some(q) => format!("{base}/{name}?{q}"),
+            None => format!("{base}/{name}"),
+        };
+        FreshDatabase {
+            server_url: server_url.to_owned(),
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        let force = if self.server_url.starts_with("postgres") {
+            " WITH (FORCE)"
+        } else {
+            ""
+        };
+        admin_sql(
+            &self.server_url,
+            &format!("DROP DATABASE IF EXISTS {}{force}", self.name),
+        );
+    }
+}
+
+/// Runs one statement on the server `url` names, on a runtime of its own.
+fn admin_sql(url: &str, sql: &str) {
+    sqlx::any::install_default_drivers();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::AnyConnection::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+        sqlx::raw_sql(sql)
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let _ = c.close().await;
+    });
+}
+
 /// The database servers to test on, as `(name, URL)`: those whose variable is set. With
 /// `CI=true` an unset one fails the test, so CI cannot silently skip a backend.
 pub(crate) fn database_servers() -> Vec<(&'static str, String)> {
@@ -208,6 +271,18 @@ impl Worker {
     /// [`Worker::start`] with more `serve` flags.
     pub(crate) fn start_with(dir: &Path, node_id: &str, app: &Path, extra: &[&str]) -> Worker {
         let database_url = format!("sqlite://{}", dir.join("worker.db").display());
+        Worker::start_on(dir, &database_url, node_id, app, extra)
+    }
+
+    /// [`Worker::start_with`] on the database at `database_url` (logs still go to `dir`).
+    pub(crate) fn start_on(
+        dir: &Path,
+        database_url: &str,
+        node_id: &str,
+        app: &Path,
+        extra: &[&str],
+    ) -> Worker {
+        let database_url = database_url.to_owned();
         let log = std::fs::File::create(dir.join(format!("{node_id}.log"))).expect("log file");
         let mut args = vec![
             "worker",

@@ -26,7 +26,7 @@ use shardtally_worker::config::AppSource;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{TempDir, Worker, scenarios_dir};
+use crate::common::{FreshDatabase, TempDir, Worker, database_servers, scenarios_dir};
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../../publisher/examples/gateway.rs"]
@@ -231,11 +231,28 @@ fn int(v: &serde_json::Value) -> i64 {
 /// average of what the layer published; per country and city exactly the requests sent.
 #[test]
 fn the_gateway_publishes_every_request_exactly_into_two_workers() {
-    const REQUESTS: usize = 600;
     let dir = TempDir::new("gateway");
+    let url = format!("sqlite://{}", dir.path().join("worker.db").display());
+    gateway_into_two_workers(&dir, &url);
+}
+
+/// [`the_gateway_publishes_every_request_exactly_into_two_workers`] on PostgreSQL and
+/// MySQL/MariaDB (a fresh database on each server the environment names).
+#[test]
+fn the_gateway_publishes_every_request_exactly_on_database_servers() {
+    for (name, server) in database_servers() {
+        eprintln!("gateway on {name}");
+        let dir = TempDir::new("gateway-server");
+        let db = FreshDatabase::create(&server, "gateway");
+        gateway_into_two_workers(&dir, &db.url);
+    }
+}
+
+fn gateway_into_two_workers(dir: &TempDir, database_url: &str) {
+    const REQUESTS: usize = 600;
     let app = apim_app();
-    let w1 = Worker::start(dir.path(), "gw-1", &app);
-    let w2 = Worker::start(dir.path(), "gw-2", &app);
+    let w1 = Worker::start_on(dir.path(), database_url, "gw-1", &app, &[]);
+    let w2 = Worker::start_on(dir.path(), database_url, "gw-2", &app, &[]);
     let workers = format!("{{{},{}}}", w1.endpoint(), w2.endpoint());
 
     let rt = runtime();
