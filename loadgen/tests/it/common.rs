@@ -187,7 +187,7 @@ impl FreshDatabase {
     /// Creates `st_it_<tag>_<random>` on the server `server_url` names.
     pub(crate) fn create(server_url: &str, tag: &str) -> FreshDatabase {
         let name = format!("st_it_{tag}_{:08x}", rand::random::<u32>());
-        admin_sql(server_url, &format!("CREATE DATABASE {name}"));
+        admin_sql(server_url, &format!("CREATE DATABASE {name}")).unwrap_or_else(|e| panic!("{e}"));
         let (base, query) = server_url
             .split_once('?')
             .map_or((server_url, None), |(b, q)| (b, Some(q)));
@@ -204,38 +204,41 @@ impl FreshDatabase {
     }
 }
 
+/// Dropped unless the test is failing (kept for inspection, as [`TempDir`] is).
 impl Drop for FreshDatabase {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("note: keeping database {} for inspection", self.url);
+            return;
+        }
         let force = if self.server_url.starts_with("postgres") {
             " WITH (FORCE)"
         } else {
             ""
         };
-        admin_sql(
-            &self.server_url,
-            &format!("DROP DATABASE IF EXISTS {}{force}", self.name),
-        );
+        let drop = format!("DROP DATABASE IF EXISTS {}{force}", self.name);
+        if let Err(e) = admin_sql(&self.server_url, &drop) {
+            eprintln!("warning: {e}");
+        }
     }
 }
 
 /// Runs one statement on the server `url` names, on a runtime of its own.
-fn admin_sql(url: &str, sql: &str) {
+fn admin_sql(url: &str, sql: &str) -> Result<(), String> {
     sqlx::any::install_default_drivers();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("a runtime");
+        .map_err(|e| format!("a runtime: {e}"))?;
     rt.block_on(async {
         use sqlx::Connection;
         let mut c = sqlx::AnyConnection::connect(url)
             .await
-            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-        sqlx::raw_sql(sql)
-            .execute(&mut c)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            .map_err(|e| format!("connect to {url}: {e}"))?;
+        let done = sqlx::raw_sql(sql).execute(&mut c).await;
         let _ = c.close().await;
-    });
+        done.map(|_| ()).map_err(|e| format!("{sql}: {e}"))
+    })
 }
 
 /// The database servers to test on, as `(name, URL)`: those whose variable is set. With
