@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
@@ -29,11 +29,6 @@ use crate::metrics::Metrics;
 
 /// The body of the `400` a plaintext request to an HTTPS worker gets back.
 const HTTPS_REQUIRED: &str = "this worker's HTTP side only accepts HTTPS: https://\n";
-
-/// How long, and for how many bytes, a plaintext client is read after its `400` before the
-/// connection closes (see [`secure`]).
-const LINGER: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 64 * 1024;
 
 /// Limits of the HTTP side.
 #[derive(Debug, Clone, Copy)]
@@ -174,23 +169,12 @@ async fn secure(
              Connection: close\r\n\r\n{HTTPS_REQUIRED}",
             HTTPS_REQUIRED.len()
         );
-        // Best effort: the client may already be gone.
-        let _ = io.write_all(response.as_bytes()).await;
-        let _ = io.shutdown().await;
-        // A lingering close: the request is still unread (only its first byte was peeked), and
-        // closing a socket with unread bytes resets the connection — the client's write fails,
-        // or the reset overtakes the answer. Read what it sends (bounded) until it closes.
-        let mut sink = [0u8; 4096];
-        let mut budget = LINGER_BYTES;
-        let _ = tokio::time::timeout(LINGER, async {
-            while budget > 0 {
-                match io.read(&mut sink).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => budget = budget.saturating_sub(n),
-                }
-            }
-        })
-        .await;
+        // Best effort: the client may already be gone. The request is still unread (only its
+        // first byte was peeked): a lingering close, so closing does not reset the connection
+        // before the client has the answer.
+        if io.write_all(response.as_bytes()).await.is_ok() {
+            crate::server::linger(&mut io).await;
+        }
         return Err("plaintext request to the HTTPS side".into());
     }
     match acceptor.accept(io).await {

@@ -250,7 +250,33 @@ async fn send_error<S: AsyncRead + AsyncWrite + Unpin>(
         code,
         message: message.to_owned(),
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(frame)).await;
+    if tokio::time::timeout(Duration::from_secs(1), framed.send(frame))
+        .await
+        .is_ok_and(|sent| sent.is_ok())
+    {
+        linger(framed.get_mut()).await;
+    }
+}
+
+/// A lingering close, after a last frame: ends our side, then reads and discards what the peer
+/// still sends (≤ 64 KiB, ≤ 1 s) until it closes. Closing a socket with unread bytes resets
+/// the connection, and the reset can overtake the frame the peer has not read yet.
+pub(crate) async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sink = [0u8; 4096];
+    let mut budget: usize = 64 * 1024;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if io.shutdown().await.is_err() {
+            return;
+        }
+        while budget > 0 {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// One connection, from handshake to close. Returns why it closed.
