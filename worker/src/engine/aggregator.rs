@@ -288,7 +288,8 @@ struct LevelRow {
 #[derive(Debug, Clone)]
 pub struct Aggregator {
     layout: Layout,
-    finest: Option<Granularity>,
+    /// The layout's granularities, finest first, each once.
+    granularities: Vec<Granularity>,
     key_idx: Vec<usize>,
     time_idx: Option<usize>,
     filter: Option<Compiled>,
@@ -375,14 +376,12 @@ impl Aggregator {
             .map(arg)
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
-        let finest = layout.granularities.iter().min().copied();
-        let mut coarser = layout.granularities.clone();
-        coarser.sort();
-        coarser.dedup();
-        coarser.retain(|&g| Some(g) != finest);
+        let mut granularities = layout.granularities.clone();
+        granularities.sort();
+        granularities.dedup();
         Ok(Aggregator {
-            finest,
-            span: Span::new(coarser.into_iter()),
+            span: Span::new(granularities.iter().skip(1).copied()),
+            granularities,
             layout,
             key_idx,
             time_idx,
@@ -412,7 +411,7 @@ impl Aggregator {
     /// refuse such events check [`Aggregator::event_time`] first). Events failing the
     /// aggregation's filter are skipped.
     pub fn record(&mut self, event: &[ValueRef<'_>], arrival_ms: i64) {
-        let Some(finest) = self.finest else {
+        let Some(&finest) = self.granularities.first() else {
             return;
         };
         if let Some(f) = &self.filter
@@ -496,9 +495,7 @@ impl Aggregator {
     /// layout (finest first), one row per `(bucket, keys)`, sorted by bucket then keys (so
     /// concurrent writers upsert rows in one order).
     pub fn drain(&mut self) -> Delta {
-        let mut grans = self.layout.granularities.clone();
-        grans.sort();
-        grans.dedup();
+        let grans = &self.granularities;
         let (nl, nm) = (self.latest.len(), self.measures.len());
         let rank = self.groups.ranks();
         // Sorted as small (bucket, rank, group, row) tuples, then made into rows.
