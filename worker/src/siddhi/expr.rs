@@ -321,6 +321,19 @@ fn write_literal(f: &mut fmt::Formatter<'_>, v: &Value) -> fmt::Result {
     }
 }
 
+/// Counts one more operator of the expression being parsed; past [`MAX_OPERATORS`], an error at
+/// `pos` (the expression's start).
+fn count_operator(p: &mut Parser, pos: Pos) -> Result<(), ParseError> {
+    p.operators += 1;
+    if p.operators > MAX_OPERATORS {
+        return Err(ParseError::at(
+            pos,
+            format!("expression has more than {MAX_OPERATORS} operators"),
+        ));
+    }
+    Ok(())
+}
+
 /// Parses one expression at the cursor.
 pub(crate) fn parse_expr(p: &mut Parser) -> Result<Expr, ParseError> {
     if p.depth == 0 {
@@ -339,13 +352,7 @@ pub(crate) fn parse_expr(p: &mut Parser) -> Result<Expr, ParseError> {
 }
 
 fn binary(p: &mut Parser, op: BinaryOp, a: Expr, b: Expr) -> Result<Expr, ParseError> {
-    p.operators += 1;
-    if p.operators > MAX_OPERATORS {
-        return Err(ParseError::at(
-            a.pos,
-            format!("expression has more than {MAX_OPERATORS} operators"),
-        ));
-    }
+    count_operator(p, a.pos)?;
     let pos = a.pos;
     Ok(Expr::new(
         ExprKind::Binary(op, Box::new(a), Box::new(b)),
@@ -405,6 +412,9 @@ fn parse_comparison(p: &mut Parser) -> Result<Expr, ParseError> {
             _ if p.at_kw("is") => {
                 p.bump();
                 p.expect_kw("null")?;
+                // A postfix chain (`x is null is null …`) nests as deep as it is long: counted
+                // like a binary operator, or checking and evaluating it would recurse unbounded.
+                count_operator(p, e.pos)?;
                 let pos = e.pos;
                 e = Expr::new(ExprKind::IsNull(Box::new(e)), pos);
                 continue;
@@ -904,5 +914,11 @@ mod tests {
             "line 1, column 1: expression has more than 256 operators"
         );
         assert!(parse(&format!("x{}", " + x".repeat(256))).is_ok());
+        let is_nulls = format!("x{}", " is null".repeat(10_000));
+        assert_eq!(
+            e(&is_nulls),
+            "line 1, column 1: expression has more than 256 operators"
+        );
+        assert!(parse(&format!("x{}", " is null".repeat(256))).is_ok());
     }
 }

@@ -282,3 +282,39 @@ async fn a_silent_http_connection_is_closed_at_the_idle_timeout() {
     drop(w);
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_nested_without_bound_is_a_400_and_the_worker_goes_on() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = start_protected(&db.url);
+    let p = geo_publisher(&format!("{{{}}}", w.endpoint()), TOKEN);
+    publish_rows(&p, &naples_rows(7)).await;
+    p.flush().await.expect("flush");
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    // 8,000 postfix `is null`s fit in the 64 KiB body: as a tree that deep, checking or
+    // evaluating it would overflow the stack of the worker's runtime thread — the whole process.
+    let deep = format!(
+        "from GeoLocationAgg within 0, 4102444800000 per \"hours\" select AGG_TIMESTAMP{} as n",
+        " is null".repeat(8_000)
+    );
+    let body = serde_json::json!({ "appName": "APIM_ANALYTICS_GEO", "query": deep }).to_string();
+    let (status, text) = http_with(w.http, "POST", "/stores/query", &auth, &body);
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("expression has more than 256 operators"),
+        "{text}"
+    );
+    // Still up, and still exact.
+    let body =
+        serde_json::json!({ "appName": "APIM_ANALYTICS_GEO", "query": HOUR_QUERY }).to_string();
+    let (status, text) = http_with(w.http, "POST", "/stores/query", &auth, &body);
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({ "records": [["Italy", "Naples", 7]] })
+    );
+    p.close(Duration::from_secs(10)).await.expect("close");
+    drop(w);
+    db.cleanup().await;
+}
