@@ -911,7 +911,7 @@ async fn calibrate(
             ];
             aggregator.record(&event, 0);
         }
-        let mut delta = aggregator.drain();
+        let mut delta = aggregator.drain()?;
         delta.rows.truncate(1);
         let delta = Delta { rows: delta.rows };
         let began_tx = Instant::now();

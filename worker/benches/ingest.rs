@@ -114,7 +114,7 @@ fn record(c: &mut Criterion) {
                 }
                 batches += 1;
                 if batches.is_multiple_of(200) {
-                    black_box(aggregator.drain());
+                    let _ = black_box(aggregator.drain());
                 }
             })
         });

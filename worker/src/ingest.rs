@@ -294,7 +294,7 @@ impl Ingest {
                 biased;
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {
-                    let rows: u64 = drain(&mut self.aggregators).iter().map(|d| d.row_count() as u64).sum();
+                    let rows: u64 = drain(&mut self.aggregators).unwrap_or_default().iter().map(|d| d.row_count() as u64).sum();
                     tracing::trace!(rows, "discarded");
                 }
                 batch = rx.recv() => {
@@ -406,10 +406,13 @@ impl Ingest {
         Some(self.spawn_commit(ids, deltas, Duration::ZERO, FIRST_BACKOFF))
     }
 
+    /// Commits `deltas` with `ids` after `delay`, in a task. Deltas that could not be drained
+    /// (`Err`) fail the commit at once, as a permanent error: the batches are then committed one
+    /// at a time, and the one whose rows cannot be stored is rejected.
     fn spawn_commit(
         &self,
         ids: Vec<BatchId>,
-        deltas: Vec<Delta>,
+        deltas: Result<Vec<Delta>, StoreError>,
         delay: Duration,
         backoff: Duration,
     ) -> CommitTask {
@@ -421,9 +424,12 @@ impl Ingest {
                 tokio::time::sleep(delay).await;
             }
             let started = Instant::now();
-            let outcome = {
-                let pairs: Vec<_> = catalog.layouts.iter().zip(deltas.iter()).collect();
-                store.commit(&shard, &ids, &pairs).await
+            let (outcome, deltas) = match deltas {
+                Ok(deltas) => {
+                    let pairs: Vec<_> = catalog.layouts.iter().zip(deltas.iter()).collect();
+                    (store.commit(&shard, &ids, &pairs).await, deltas)
+                }
+                Err(e) => (Err(e), Vec::new()),
             };
             // Only a retriable failure commits the same deltas again (the other outcomes rebuild
             // theirs from the frames): the rest are freed here, off the ingest task.
@@ -509,7 +515,7 @@ impl Ingest {
                 Metrics::add(&self.metrics.commit_failures, 1);
                 tracing::warn!(error = %e, retry_in = ?done.backoff, batches = self.in_flight.len(), "commit failed; holding acks and retrying");
                 let next = (done.backoff * 2).min(MAX_BACKOFF);
-                Some(self.spawn_commit(done.ids, done.deltas, done.backoff, next))
+                Some(self.spawn_commit(done.ids, Ok(done.deltas), done.backoff, next))
             }
             Err(e) => {
                 Metrics::add(&self.metrics.commit_failures, 1);
@@ -538,7 +544,14 @@ impl Ingest {
                     continue;
                 }
             };
-            let deltas = drain(&mut aggregators);
+            let deltas = match drain(&mut aggregators) {
+                Ok(deltas) => deltas,
+                Err(e) => {
+                    self.settle(&p);
+                    reject(&self.metrics, p, &e);
+                    continue;
+                }
+            };
             let pairs: Vec<_> = self.catalog.layouts.iter().zip(deltas.iter()).collect();
             let ids = [p.batch.batch_id()];
             loop {
@@ -646,7 +659,7 @@ impl Ingest {
 
     /// The deltas of the in-flight batches alone, folded again from their frames (after some
     /// of them turned out to be duplicates). A batch that no longer decodes is rejected.
-    fn refold_in_flight(&mut self) -> Vec<Delta> {
+    fn refold_in_flight(&mut self) -> Result<Vec<Delta>, StoreError> {
         let mut aggregators = self.catalog.aggregators();
         let mut kept = Vec::with_capacity(self.in_flight.len());
         for p in std::mem::take(&mut self.in_flight) {
@@ -762,16 +775,21 @@ async fn wait(task: &mut Option<CommitTask>) -> Result<CommitDone, tokio::task::
 
 fn reject(metrics: &Metrics, p: Pending, e: &StoreError) {
     Metrics::add(&metrics.batches_rejected, 1);
-    tracing::warn!(publisher = %p.batch.publisher_id, seq = p.batch.frame.seq, error = %e, "batch rejected by the database");
+    tracing::warn!(publisher = %p.batch.publisher_id, seq = p.batch.frame.seq, error = %e, "batch rejected: it cannot be committed");
     p.reply(&Reply::Reject(
         p.batch.frame.seq,
         RejectCode::Invalid,
-        format!("the database refused this batch: {e}"),
+        format!("this batch cannot be committed: {e}"),
     ));
 }
 
-fn drain(aggregators: &mut [Aggregator]) -> Vec<Delta> {
-    aggregators.iter_mut().map(Aggregator::drain).collect()
+/// Drains every aggregator (all of them, even after one fails: nothing recorded is kept).
+fn drain(aggregators: &mut [Aggregator]) -> Result<Vec<Delta>, StoreError> {
+    let drained: Vec<_> = aggregators.iter_mut().map(Aggregator::drain).collect();
+    drained
+        .into_iter()
+        .map(|d| d.map_err(StoreError::from))
+        .collect()
 }
 
 /// Folds one batch's events into the aggregators of its stream, decoding them again from its

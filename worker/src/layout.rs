@@ -150,14 +150,23 @@ impl AggRow {
 }
 
 /// Combines two measure values by `kind`. Numeric types are those of the layout; a null on either
-/// side yields the other.
+/// side yields the other. A sum of longs out of the 64-bit range wraps (as Siddhi's Java `long`
+/// does); [`checked_combine`] says so instead.
 pub fn combine(kind: MeasureKind, a: &Value, b: &Value) -> Value {
+    checked_combine(kind, a, b).unwrap_or_else(|| match (a, b) {
+        (Value::Long(x), Value::Long(y)) => Value::Long(x.wrapping_add(*y)),
+        _ => Value::Null,
+    })
+}
+
+/// [`combine`], or `None` when a sum of longs leaves the 64-bit range.
+pub fn checked_combine(kind: MeasureKind, a: &Value, b: &Value) -> Option<Value> {
     use Value::*;
-    match (a, b) {
+    Some(match (a, b) {
         (Null, x) | (x, Null) => x.clone(),
         _ => match kind {
             MeasureKind::Sum => match (a, b) {
-                (Long(x), Long(y)) => Long(x.wrapping_add(*y)),
+                (Long(x), Long(y)) => Long(x.checked_add(*y)?),
                 (Int(x), Int(y)) => Long(i64::from(*x) + i64::from(*y)),
                 _ => Double(as_f64(a) + as_f64(b)),
             },
@@ -176,7 +185,7 @@ pub fn combine(kind: MeasureKind, a: &Value, b: &Value) -> Value {
                 }
             }
         },
-    }
+    })
 }
 
 /// A numeric value as f64 (non-numbers as NaN).

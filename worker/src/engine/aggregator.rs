@@ -18,7 +18,7 @@ use shardtally_publisher::protocol::{AttrType, Value, ValueRef};
 
 use super::plan::{Fold, plan};
 use crate::bucket::Granularity;
-use crate::layout::{AggRow, Delta, Layout, combine, less};
+use crate::layout::{AggRow, Delta, Layout, checked_combine, less};
 use crate::siddhi::eval::{Compiled, as_f64, assign, coerce, hash_key_value, key_eq, keys_cmp};
 use crate::siddhi::{AggregationDef, App, Expr, ParseError};
 
@@ -27,7 +27,7 @@ pub const MIN_EVENT_TIME_MS: i64 = -62_135_596_800_000;
 /// The latest event time the aggregator buckets by (9999-12-31T23:59:59.999Z, epoch ms).
 pub const MAX_EVENT_TIME_MS: i64 = 253_402_300_799_999;
 
-/// Why an [`Aggregator`] cannot be built.
+/// Why an [`Aggregator`] cannot be built, or cannot hand out its rows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
     /// The aggregation reads a stream the app does not define.
@@ -51,6 +51,16 @@ pub enum EngineError {
     LayoutMismatch {
         /// The aggregation.
         aggregation: String,
+    },
+    /// A sum of longs left the 64-bit range among the events recorded since the last drain (in
+    /// one row, or in a coarser row adding several). Those events' rows are not handed out: a
+    /// database would refuse the same sum, and a wrapped one would be a wrong total.
+    #[error("aggregation `{aggregation}`: the sum in `{column}` overflows a 64-bit long")]
+    SumOverflow {
+        /// The aggregation.
+        aggregation: String,
+        /// The measure's column (`AGG_SUM_x`).
+        column: String,
     },
 }
 
@@ -304,6 +314,8 @@ pub struct Aggregator {
     measure_values: Vec<Value>,
     span: Span,
     seq: u64,
+    /// The first measure (index) whose long sum overflowed since the last drain.
+    overflow: Option<usize>,
 }
 
 impl Aggregator {
@@ -394,6 +406,7 @@ impl Aggregator {
             latest_values: Vec::new(),
             measure_values: Vec::new(),
             seq: 0,
+            overflow: None,
         })
     }
 
@@ -448,7 +461,7 @@ impl Aggregator {
                 row
             }
         };
-        fold(
+        let overflow = fold(
             &mut self.accs[row],
             &mut self.latest_values[row * nl..(row + 1) * nl],
             &mut self.measure_values[row * nm..(row + 1) * nm],
@@ -458,6 +471,9 @@ impl Aggregator {
             ts,
             seq,
         );
+        if self.overflow.is_none() {
+            self.overflow = overflow;
+        }
     }
 
     /// The event time `event` carries: its `aggregate by` value when that is a number within
@@ -494,7 +510,12 @@ impl Aggregator {
     /// Returns and clears everything recorded since the last drain: for each granularity of the
     /// layout (finest first), one row per `(bucket, keys)`, sorted by bucket then keys (so
     /// concurrent writers upsert rows in one order).
-    pub fn drain(&mut self) -> Delta {
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::SumOverflow`] when a long sum of these rows left the 64-bit range; what
+    /// was recorded is cleared all the same.
+    pub fn drain(&mut self) -> Result<Delta, EngineError> {
         let grans = &self.granularities;
         let (nl, nm) = (self.latest.len(), self.measures.len());
         let rank = self.groups.ranks();
@@ -523,7 +544,14 @@ impl Aggregator {
         let mut coarse: Vec<(Granularity, Vec<LevelRow>)> = Vec::with_capacity(grans.len());
         for g in grans.iter().skip(1) {
             let below = coarse.last().map_or(&finest, |(_, rows)| rows);
-            let rolled = roll_up(below, *g, &self.layout, &self.measure_values, nm);
+            let rolled = roll_up(
+                below,
+                *g,
+                &self.layout,
+                &self.measure_values,
+                nm,
+                &mut self.overflow,
+            );
             coarse.push((*g, rolled));
         }
         let mut latest_values = std::mem::take(&mut self.latest_values);
@@ -584,7 +612,13 @@ impl Aggregator {
             self.groups.clear();
         }
         self.span.reset(forget);
-        Delta { rows }
+        if let Some(i) = self.overflow.take() {
+            return Err(EngineError::SumOverflow {
+                aggregation: self.layout.aggregation.clone(),
+                column: self.layout.measures[i].column.clone(),
+            });
+        }
+        Ok(Delta { rows })
     }
 }
 
@@ -598,10 +632,13 @@ fn fold(
     event: &[ValueRef<'_>],
     ts: i64,
     seq: u64,
-) {
+) -> Option<usize> {
     acc.count += 1;
-    for (slot, m) in measure_slots.iter_mut().zip(measures) {
-        fold_measure(m.fold, m.ty, slot, m.arg.eval(event));
+    let mut overflow = None;
+    for (i, (slot, m)) in measure_slots.iter_mut().zip(measures).enumerate() {
+        if !fold_measure(m.fold, m.ty, slot, m.arg.eval(event)) && overflow.is_none() {
+            overflow = Some(i);
+        }
     }
     // Same event time as the current latest: the later-recorded event wins.
     if ts >= acc.last_event_ts {
@@ -611,9 +648,11 @@ fn fold(
             assign(slot, a.eval(event));
         }
     }
+    overflow
 }
 
-fn fold_measure(fold: Fold, ty: AttrType, slot: &mut Value, v: ValueRef<'_>) {
+/// Folds `v` into `slot`; false when a long sum overflowed (the slot then holds the wrapped sum).
+fn fold_measure(fold: Fold, ty: AttrType, slot: &mut Value, v: ValueRef<'_>) -> bool {
     match fold {
         Fold::CountNonNull => {
             if !v.is_null() {
@@ -627,19 +666,21 @@ fn fold_measure(fold: Fold, ty: AttrType, slot: &mut Value, v: ValueRef<'_>) {
             let x = match v {
                 ValueRef::Int(x) => i64::from(x),
                 ValueRef::Long(x) => x,
-                _ => return,
+                _ => return true,
             };
-            *slot = Value::Long(match slot {
-                Value::Long(s) => s.wrapping_add(x),
-                _ => x,
-            });
+            let (sum, overflowed) = match slot {
+                Value::Long(s) => s.overflowing_add(x),
+                _ => (x, false),
+            };
+            *slot = Value::Long(sum);
+            return !overflowed;
         }
         Fold::Sum => {
             let x = match v {
                 ValueRef::Int(_) | ValueRef::Long(_) | ValueRef::Float(_) | ValueRef::Double(_) => {
                     as_f64(v)
                 }
-                _ => return,
+                _ => return true,
             };
             *slot = Value::Double(match slot {
                 Value::Double(s) => *s + x,
@@ -649,7 +690,7 @@ fn fold_measure(fold: Fold, ty: AttrType, slot: &mut Value, v: ValueRef<'_>) {
         Fold::Min | Fold::Max => {
             let c = coerce(v, ty);
             if c.is_null() {
-                return;
+                return true;
             }
             let replace = slot.is_null()
                 || match fold {
@@ -661,6 +702,7 @@ fn fold_measure(fold: Fold, ty: AttrType, slot: &mut Value, v: ValueRef<'_>) {
             }
         }
     }
+    true
 }
 
 /// Merges the rows of one level (sorted by bucket, then group rank) into the buckets of the
@@ -672,6 +714,7 @@ fn roll_up(
     layout: &Layout,
     finest_measures: &[Value],
     nm: usize,
+    overflow: &mut Option<usize>,
 ) -> Vec<LevelRow> {
     let mut order: Vec<(i64, u32, usize)> = level
         .iter()
@@ -699,9 +742,14 @@ fn roll_up(
                 } else {
                     &finest_measures[row.latest_from * nm..(row.latest_from + 1) * nm]
                 };
-                for ((mine, theirs), m) in acc.measures.iter_mut().zip(theirs).zip(&layout.measures)
-                {
-                    *mine = combine(m.kind, mine, theirs);
+                let pairs = acc.measures.iter_mut().zip(theirs).zip(&layout.measures);
+                for (i, ((mine, theirs), m)) in pairs.enumerate() {
+                    match checked_combine(m.kind, mine, theirs) {
+                        Some(v) => *mine = v,
+                        None => {
+                            overflow.get_or_insert(i);
+                        }
+                    }
                 }
                 if (row.acc.last_event_ts, row.acc.seq) > (acc.acc.last_event_ts, acc.acc.seq) {
                     acc.acc.last_event_ts = row.acc.last_event_ts;

@@ -380,6 +380,17 @@ impl Dialect {
                 format!("CASE WHEN {newer} THEN {new} ELSE {old} END")
             }
             Role::Count => format!("{old} + {new}"),
+            // SQLite turns an integer sum out of the 64-bit range into a REAL (which the column
+            // would then keep); PostgreSQL and MySQL refuse it. So does SQLite here: `abs()` of
+            // the smallest integer is SQLite's own "integer overflow" error.
+            Role::Measure(_, MeasureKind::Sum)
+                if self.backend == Backend::Sqlite && c.sql_type == SqlType::BigInt =>
+            {
+                format!(
+                    "CASE WHEN typeof({old} + {new}) = 'real' THEN abs(-9223372036854775807 - 1) \
+                     ELSE COALESCE({old} + {new}, {old}, {new}) END"
+                )
+            }
             Role::Measure(_, MeasureKind::Sum) => format!("COALESCE({old} + {new}, {old}, {new})"),
             Role::Measure(_, MeasureKind::Min) => format!(
                 "CASE WHEN {new} IS NULL THEN {old} WHEN {old} IS NULL THEN {new} \
@@ -1005,10 +1016,21 @@ mod tests {
              ELSE {t}.\"AGG_LAST_EVENT_TIMESTAMP\" END"
         );
         assert_eq!(pg.upsert(&def, 2), expected_pg);
-        let expected_sqlite = expected_pg.replace(" COLLATE \"C\"", "").replace(
-            "($1, $2, $3, $4, $5, $6, $7, $8), ($9, $10, $11, $12, $13, $14, $15, $16)",
-            "(?, ?, ?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?, ?, ?)",
-        );
+        // SQLite's long sum refuses to leave the 64-bit range (it would store a REAL).
+        let sum = format!("{t}.\"s\" + excluded.\"s\"");
+        let expected_sqlite = expected_pg
+            .replace(" COLLATE \"C\"", "")
+            .replace(
+                "($1, $2, $3, $4, $5, $6, $7, $8), ($9, $10, $11, $12, $13, $14, $15, $16)",
+                "(?, ?, ?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .replace(
+                &format!("\"s\" = COALESCE({sum}, {t}.\"s\", excluded.\"s\")"),
+                &format!(
+                    "\"s\" = CASE WHEN typeof({sum}) = 'real' THEN abs(-9223372036854775807 - 1) \
+                     ELSE COALESCE({sum}, {t}.\"s\", excluded.\"s\") END"
+                ),
+            );
         assert_eq!(sqlite.upsert(&def, 2), expected_sqlite);
 
         let my = mysql.upsert(&def, 1);

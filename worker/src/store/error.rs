@@ -124,6 +124,10 @@ pub enum StoreError {
         /// Why it is refused.
         reason: String,
     },
+    /// The engine could not hand out a flush's rows: a long sum overflowed 64 bits (a value no
+    /// backend could store either). Nothing was written.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
     /// A value of a delta cannot be stored in its column. Nothing was written.
     #[error("cannot store a value in `{table}`.`{column}`")]
     InvalidValue {

@@ -392,11 +392,8 @@ async fn purge_deletes_buckets_past_their_retention_and_keeps_the_rest() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_the_database_refuses_is_rejected_and_the_others_in_its_flush_commit() {
     on_every_backend(|db| async move {
-        // A long sum that overflows BIGINT: refused by PostgreSQL and MySQL (SQLite turns it into a
-        // float instead, so the refusal path is exercised on the servers).
-        if db.backend == Backend::Sqlite {
-            return db;
-        }
+        // A long sum that overflows BIGINT: refused by PostgreSQL and MySQL, and by the worker's
+        // SQLite upsert (SQLite itself would store the sum as a float).
         let dir = std::env::temp_dir().join(format!("shardtally-it-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).expect("dir");
         let app = dir.join("sums.siddhi");
@@ -429,10 +426,40 @@ async fn a_batch_the_database_refuses_is_rejected_and_the_others_in_its_flush_co
             "{replies:?}"
         );
         assert_eq!(replies[1], Frame::Ack { seq: 3 });
+
+        // Sums that overflow before they reach the database: within one row of one batch (4),
+        // and only where two seconds roll up into their minute (5). Each is rejected; 6, in the
+        // same flush or not, commits.
+        let at = |k: &str, x: i64, ts: i64| vec![Value::from(k), Value::Long(x), Value::Long(ts)];
+        let t = 1_795_168_800_000;
+        c.send_batch(4, "s", &["k", "x", "ts"], &[at("c", i64::MAX - 1, t), at("c", 5, t)])
+            .await;
+        let half = i64::MAX / 2 + 1;
+        c.send_batch(5, "s", &["k", "x", "ts"], &[at("d", half, t), at("d", half, t + 1000)])
+            .await;
+        c.send_batch(6, "s", &["k", "x", "ts"], &[at("e", 1, t)]).await;
+        let mut replies = vec![c.recv().await, c.recv().await, c.recv().await];
+        replies.sort_by_key(|f| match f {
+            Frame::Ack { seq } | Frame::Reject { seq, .. } => *seq,
+            _ => 0,
+        });
+        for (reply, seq) in replies.iter().zip([4, 5]) {
+            assert!(
+                matches!(reply, Frame::Reject { seq: s, code: RejectCode::Invalid, reason }
+                    if *s == seq && reason.contains("the sum in `AGG_SUM_x` overflows a 64-bit long")),
+                "{replies:?}"
+            );
+        }
+        assert_eq!(replies[2], Frame::Ack { seq: 6 });
+
         let q = "from SumAgg within 0, 4102444800000 per \"years\" select k, total order by k";
         assert_eq!(
             crate::cluster::query_records_with(&db.url, &["--app", &app], q),
-            vec![vec![json!("a"), json!(i64::MAX - 10)], vec![json!("b"), json!(7)]]
+            vec![
+                vec![json!("a"), json!(i64::MAX - 10)],
+                vec![json!("b"), json!(7)],
+                vec![json!("e"), json!(1)]
+            ]
         );
         drop(w);
         db

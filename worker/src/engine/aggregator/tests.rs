@@ -48,7 +48,7 @@ fn geo_counts_per_bucket_and_city() {
     }
     assert_eq!(agg.pending_rows(), 3);
     assert_eq!(agg.drain_rows_bound(), 3 + 3 + 3 + 2 + 2 + 2);
-    let delta = agg.drain();
+    let delta = agg.drain().expect("drain");
     assert_eq!(agg.pending_rows(), 0);
     assert_eq!(agg.drain_rows_bound(), 0);
     assert_eq!(
@@ -87,7 +87,7 @@ fn geo_counts_per_bucket_and_city() {
             row(ms("2026-01-01T00:00:00Z"), "Rome", t1, "PizzaShackAPI", 1),
         ]
     );
-    assert!(agg.drain().is_empty());
+    assert!(agg.drain().expect("drain").is_empty());
 }
 
 const STOCK: &str = "@app:name('Stocks')
@@ -143,7 +143,7 @@ fn siddhi_test5_seconds_rows() {
             "AGG_MIN_price"
         ]
     );
-    let delta = agg.drain();
+    let delta = agg.drain().expect("drain");
     let row = |bucket: i64, sym: &str, last_trade: f32, sum: f64, max: f32, min: f32| AggRow {
         bucket,
         keys: [s(sym)].into(),
@@ -208,11 +208,11 @@ fn drain_rows_bound_counts_a_replay_exactly() {
     assert_eq!(agg.pending_rows(), 1200);
     // 1,200 seconds; 20 minutes; 20 hours; 10 days, months, years.
     assert_eq!(agg.drain_rows_bound(), 1200 + 20 + 20 + 10 + 10 + 10);
-    assert_eq!(agg.drain().row_count(), 1270);
+    assert_eq!(agg.drain().expect("drain").row_count(), 1270);
     // The next drain's bound starts from nothing: one city, one second.
     agg.record(&geo_event("city-3", start + 200_000), 0);
     assert_eq!(agg.drain_rows_bound(), 6);
-    assert_eq!(agg.drain().row_count(), 6);
+    assert_eq!(agg.drain().expect("drain").row_count(), 6);
     assert_eq!(agg.drain_rows_bound(), 0);
 }
 
@@ -234,7 +234,10 @@ fn drain_rows_bound_is_an_upper_bound_out_of_order() {
         agg.record(&geo_event(city, at), 0);
     }
     assert_eq!(agg.drain_rows_bound(), 4 + 4 + 4 + 2 + 2 + 2);
-    assert_eq!(agg.drain().row_count(), 4 + 4 + 4 + 2 + 2 + 2);
+    assert_eq!(
+        agg.drain().expect("drain").row_count(),
+        4 + 4 + 4 + 2 + 2 + 2
+    );
     // Naples in minute 10:00, Rome in 10:01, two seconds each: 2 minute rows, where the bound
     // (2 groups × 2 minutes, capped at 4 finest rows) says 4.
     for (city, at) in [
@@ -246,7 +249,10 @@ fn drain_rows_bound_is_an_upper_bound_out_of_order() {
         agg.record(&geo_event(city, at), 0);
     }
     assert_eq!(agg.drain_rows_bound(), 4 + 4 + 2 + 2 + 2 + 2);
-    assert_eq!(agg.drain().row_count(), 4 + 2 + 2 + 2 + 2 + 2);
+    assert_eq!(
+        agg.drain().expect("drain").row_count(),
+        4 + 2 + 2 + 2 + 2 + 2
+    );
 }
 
 #[test]
@@ -254,7 +260,7 @@ fn late_events_do_not_replace_the_latest_value() {
     let mut agg = aggregator(STOCK, false);
     agg.record(&stock_event("IBM", 10.0, None, 1, 2, 5_000), 0);
     agg.record(&stock_event("IBM", 20.0, None, 1, 3, 4_000), 0);
-    let delta = agg.drain();
+    let delta = agg.drain().expect("drain");
     let secs = rows_of(&delta, Granularity::Seconds);
     assert_eq!(secs.len(), 2);
     assert_eq!(secs[0].bucket, 4_000);
@@ -296,7 +302,7 @@ fn nulls_are_valid_keys_and_values() {
         77_999,
     );
     agg.record(&[ValueRef::String("b")], 3_000);
-    let delta = agg.drain();
+    let delta = agg.drain().expect("drain");
     let secs = rows_of(&delta, Granularity::Seconds);
     type Summary = (i64, Vec<Value>, i64, Vec<Value>, i64, Vec<Value>);
     let summary: Vec<Summary> = secs
@@ -361,7 +367,7 @@ fn arrival_time_and_filters() {
     agg.record(&[ValueRef::String("a"), ValueRef::Double(0.5)], day);
     agg.record(&[ValueRef::String("a"), ValueRef::Null], day);
     agg.record(&[ValueRef::String("a"), ValueRef::Double(4.0)], day + 1);
-    let delta = agg.drain();
+    let delta = agg.drain().expect("drain");
     let days = rows_of(&delta, Granularity::Days);
     assert_eq!(days.len(), 2);
     assert_eq!(
@@ -640,7 +646,7 @@ fn incremental(src: &str, events: &[Ev], cuts: &[usize]) -> (Layout, BTreeMap<Ke
         start = start.max(cut);
         let pending = agg.pending_rows();
         let bound = agg.drain_rows_bound();
-        let delta = agg.drain();
+        let delta = agg.drain().expect("drain");
         assert!(
             delta.row_count() <= bound,
             "{} rows drained, bound {bound}",
@@ -811,7 +817,7 @@ fn recording_a_seen_group_does_not_allocate() {
     let after = alloc_count::allocations();
     assert_eq!(after - before, 0, "allocations while recording seen groups");
     assert_eq!(geo.pending_rows(), 3);
-    let delta = geo.drain();
+    let delta = geo.drain().expect("drain");
     assert_eq!(
         rows_of(&delta, Granularity::Seconds)
             .iter()
@@ -820,7 +826,40 @@ fn recording_a_seen_group_does_not_allocate() {
         3_003
     );
     assert_eq!(
-        rows_of(&stock.drain(), Granularity::Seconds)[0].count,
+        rows_of(&stock.drain().expect("drain"), Granularity::Seconds)[0].count,
         3_001
+    );
+}
+
+#[test]
+fn a_long_sum_out_of_range_is_an_error_in_a_row_or_where_rows_roll_up() {
+    const SUMS: &str = "@app:name('Sums')\ndefine stream s (k string, x long, ts long);\n\
+        define aggregation SumAgg from s select k, sum(x) as total group by k \
+        aggregate by ts every sec ... year;";
+    let t = ms("2026-11-20T10:15:00Z");
+    let overflow = Err(EngineError::SumOverflow {
+        aggregation: "SumAgg".into(),
+        column: "AGG_SUM_x".into(),
+    });
+    let ev = |x: i64, t: i64| [ValueRef::String("k"), ValueRef::Long(x), ValueRef::Long(t)];
+    // In one SECONDS row.
+    let mut agg = aggregator(SUMS, false);
+    agg.record(&ev(i64::MAX - 1, t), 0);
+    agg.record(&ev(5, t), 0);
+    assert_eq!(agg.drain().map(|_| ()), overflow);
+    // Nothing of it is left behind.
+    assert!(agg.drain().expect("drain").is_empty());
+    // Two seconds that fit, in one minute that does not.
+    let half = i64::MAX / 2 + 1;
+    agg.record(&ev(half, t), 0);
+    agg.record(&ev(half, t + 1000), 0);
+    assert_eq!(agg.drain().map(|_| ()), overflow);
+    // At the edge: exact.
+    agg.record(&ev(i64::MAX - 5, t), 0);
+    agg.record(&ev(5, t + 1000), 0);
+    let delta = agg.drain().expect("drain");
+    assert_eq!(
+        rows_of(&delta, Granularity::Years)[0].measures,
+        vec![Value::Long(i64::MAX)]
     );
 }

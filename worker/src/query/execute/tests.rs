@@ -25,7 +25,7 @@ fn store(app_src: &str, events: &[Vec<Value>], shards: usize) -> Stored {
     let mut rows: Vec<(Granularity, Vec<StoredRow>)> =
         l.granularities.iter().map(|g| (*g, Vec::new())).collect();
     for (n, a) in aggs.iter_mut().enumerate() {
-        for (g, drained) in a.drain().rows {
+        for (g, drained) in a.drain().expect("drain").rows {
             let slot = rows.iter_mut().find(|(rg, _)| *rg == g).unwrap();
             slot.1.extend(drained.into_iter().map(|row| StoredRow {
                 shard_id: (shards > 1).then(|| format!("node-{n}")),
