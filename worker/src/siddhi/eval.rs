@@ -264,14 +264,16 @@ pub(crate) fn key_cmp(a: ValueRef<'_>, b: ValueRef<'_>) -> Ordering {
         (ValueRef::Bool(x), ValueRef::Bool(y)) => x.cmp(&y),
         (ValueRef::Int(x), ValueRef::Int(y)) => x.cmp(&y),
         (ValueRef::Long(x), ValueRef::Long(y)) => x.cmp(&y),
-        (ValueRef::Float(x), ValueRef::Float(y)) => x.total_cmp(&y),
-        (ValueRef::Double(x), ValueRef::Double(y)) => x.total_cmp(&y),
+        // `+ 0.0` makes -0.0 +0.0: the databases' keys hold them equal, so must the groups
+        // (two rows of one primary key in a single upsert is an error on PostgreSQL).
+        (ValueRef::Float(x), ValueRef::Float(y)) => (x + 0.0).total_cmp(&(y + 0.0)),
+        (ValueRef::Double(x), ValueRef::Double(y)) => (x + 0.0).total_cmp(&(y + 0.0)),
         (ValueRef::String(x), ValueRef::String(y)) => x.cmp(y),
         _ => variant_rank(a).cmp(&variant_rank(b)),
     }
 }
 
-/// Key equality: same variant, bitwise-equal value.
+/// Key equality: same variant, bitwise-equal value (-0.0 and +0.0 equal).
 pub(crate) fn key_eq(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
     key_cmp(a, b) == Ordering::Equal
 }
@@ -295,8 +297,8 @@ pub(crate) fn hash_key_value<H: Hasher>(v: ValueRef<'_>, h: &mut H) {
         ValueRef::Bool(x) => x.hash(h),
         ValueRef::Int(x) => x.hash(h),
         ValueRef::Long(x) => x.hash(h),
-        ValueRef::Float(x) => x.to_bits().hash(h),
-        ValueRef::Double(x) => x.to_bits().hash(h),
+        ValueRef::Float(x) => (x + 0.0).to_bits().hash(h),
+        ValueRef::Double(x) => (x + 0.0).to_bits().hash(h),
         ValueRef::String(s) => s.hash(h),
     }
 }

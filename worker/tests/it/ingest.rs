@@ -467,6 +467,39 @@ async fn a_batch_the_database_refuses_is_rejected_and_the_others_in_its_flush_co
     .await;
 }
 
+/// A double group-by key of -0.0 and one of 0.0 are one row on every backend (their primary keys
+/// hold them equal), in one batch or across flushes.
+#[tokio::test(flavor = "multi_thread")]
+async fn minus_zero_and_zero_keys_count_as_one_group_on_every_backend() {
+    on_every_backend(|db| async move {
+        let app = scratch_dir().join("zeros.siddhi");
+        std::fs::write(
+            &app,
+            "@app:name('Zeros')\ndefine stream s (k double, ts long);\n\
+             define aggregation ZAgg from s select k, count() as n group by k aggregate by ts every sec ... year;\n",
+        )
+        .expect("app");
+        let app = app.display().to_string();
+        let mut args = serve_args(&db.url, "node-z");
+        args.extend(["--app".into(), app.clone()]);
+        let w = WorkerProc::start(&args);
+        let mut c = RawClient::connect(w.listen, "gw-zeros", "").await.expect("hello");
+        let row = |k: f64| vec![Value::Double(k), Value::Long(1_795_168_800_000)];
+        c.send_batch(1, "s", &["k", "ts"], &[row(0.0), row(-0.0), row(2.5)]).await;
+        assert_eq!(c.recv().await, Frame::Ack { seq: 1 });
+        c.send_batch(2, "s", &["k", "ts"], &[row(-0.0)]).await;
+        assert_eq!(c.recv().await, Frame::Ack { seq: 2 });
+        let q = "from ZAgg within 0, 4102444800000 per \"seconds\" select k, n order by k";
+        assert_eq!(
+            crate::cluster::query_records_with(&db.url, &["--app", &app], q),
+            vec![vec![json!(0.0), json!(3)], vec![json!(2.5), json!(1)]]
+        );
+        drop(w);
+        db
+    })
+    .await;
+}
+
 /// `max_pending_rows` counts the rows a commit would write at every granularity: with flushes an
 /// hour apart, a commit starts once the pending events would write half the cap, whether those
 /// rows are seconds or the minutes … years above them.

@@ -863,3 +863,23 @@ fn a_long_sum_out_of_range_is_an_error_in_a_row_or_where_rows_roll_up() {
         vec![Value::Long(i64::MAX)]
     );
 }
+
+#[test]
+fn minus_zero_and_zero_are_one_group_as_in_the_databases_keys() {
+    let mut agg = aggregator(
+        "@app:name('Z')\ndefine stream s (k double, ts long);\n\
+         define aggregation ZAgg from s select k, count() as n group by k \
+         aggregate by ts every sec ... min;",
+        false,
+    );
+    let t = ms("2026-11-20T10:15:00Z");
+    for k in [0.0, -0.0, 0.0, 1.5] {
+        agg.record(&[ValueRef::Double(k), ValueRef::Long(t)], 0);
+    }
+    let delta = agg.drain().expect("drain");
+    let counts: Vec<i64> = rows_of(&delta, Granularity::Seconds)
+        .iter()
+        .map(|r| r.count)
+        .collect();
+    assert_eq!(counts, vec![3, 1]);
+}
