@@ -139,7 +139,8 @@ impl Store {
     }
 
     /// Connects to `url`: `sqlite://path` (created if missing; WAL, a busy timeout and
-    /// `synchronous=NORMAL`, so several worker processes can share one file), `sqlite::memory:`
+    /// `synchronous=FULL`, so several worker processes can share one file and an acked commit
+    /// survives a power loss), `sqlite::memory:`
     /// (one connection), `postgres://`, `postgresql://`, `mysql://` or `mariadb://`. Fails after
     /// `options.acquire_timeout` when the database cannot be reached (retriable).
     pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
@@ -794,7 +795,10 @@ fn session_setup(backend: Backend, sqlite_busy_ms: u128) -> Vec<String> {
                 sqlite_busy_ms.min(2_147_483_647)
             ),
             "PRAGMA journal_mode = WAL".into(),
-            "PRAGMA synchronous = NORMAL".into(),
+            // An ack promises the batch is committed: the WAL is synced at every commit (one
+            // fsync per flush), so a power loss or OS crash keeps every acked batch. NORMAL would
+            // sync only at checkpoints and could lose the last commits' batches, acked.
+            "PRAGMA synchronous = FULL".into(),
         ],
         Backend::Postgres => vec![],
         Backend::MySql => vec![
@@ -857,6 +861,27 @@ mod tests {
             sqlite_url("sqlite://:memory:"),
             ("sqlite://:memory:".into(), true)
         );
+    }
+
+    #[tokio::test]
+    async fn sqlite_commits_are_synced_before_they_are_acked() {
+        let dir =
+            std::env::temp_dir().join(format!("shardtally-sync-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let url = format!("sqlite://{}", dir.join("t.db").display());
+        let store = Store::connect(&url, 2).await.expect("connect");
+        let mode: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&store.pool)
+            .await
+            .expect("pragma");
+        assert_eq!(mode, 2, "FULL");
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.pool)
+            .await
+            .expect("pragma");
+        assert_eq!(journal, "wal");
+        store.close().await;
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

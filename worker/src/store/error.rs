@@ -289,7 +289,9 @@ pub(crate) fn is_retriable_sqlx(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed
-        | sqlx::Error::BeginFailed => true,
+        | sqlx::Error::BeginFailed
+        // The handshake with the server: its certificate or the network, never the rows.
+        | sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(db) => is_retriable_code(&db_error_code(db.as_ref()).0),
         _ => false,
     }
@@ -319,6 +321,7 @@ fn postgres_retriable(sqlstate: &str) -> bool {
             | "40P01" // deadlock_detected
             | "40003" // statement_completion_unknown (CockroachDB ambiguous result; dedup makes a retry safe)
             | "55P03" // lock_not_available
+            | "57014" // query_canceled (statement_timeout, pg_cancel_backend): the rows are fine
             | "57P01" // admin_shutdown
             | "57P02" // crash_shutdown
             | "57P03" // cannot_connect_now
@@ -337,6 +340,7 @@ fn mysql_retriable_number(number: u16) -> bool {
             | 1114 // ER_RECORD_FILE_FULL (table is full)
             | 1205 // ER_LOCK_WAIT_TIMEOUT
             | 1213 // ER_LOCK_DEADLOCK
+            | 1317 // ER_QUERY_INTERRUPTED (KILL QUERY, max_statement_time): the rows are fine
             | 1158..=1161 // network read/write errors
             | 1614 // ER_XA_RBDEADLOCK
             | 1637 // ER_TOO_MANY_CONCURRENT_TRXS
@@ -377,7 +381,7 @@ mod tests {
     fn postgres_codes() {
         for s in [
             "40001", "40P01", "40003", "55P03", "57P01", "57P02", "57P03", "08006", "08001",
-            "53300", "53100", "58030",
+            "53300", "53100", "58030", "57014",
         ] {
             assert!(is_retriable_code(&DbErrorCode::Postgres(s)), "{s}");
         }
@@ -402,6 +406,7 @@ mod tests {
             (1927, Some("70100")),
             (9007, Some("HY000")),
             (8028, Some("HY000")),
+            (1317, Some("70100")),
             // An unknown number with a connection-class SQLSTATE.
             (4242, Some("08S01")),
         ];
