@@ -168,6 +168,8 @@ struct CommitDone {
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest backoff between retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a stopping worker tries to commit what it holds.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Ingest {
     pub(crate) fn new(
@@ -247,29 +249,41 @@ impl Ingest {
         while let Ok(batch) = rx.try_recv() {
             self.accept(batch);
         }
-        let never = CancellationToken::new();
-        let deadline = tokio::time::sleep(Duration::from_secs(30));
+        // The deadline also ends the one-at-a-time commits a permanent error leads to (which
+        // retry a database outage with backoff until told to stop).
+        let expired = CancellationToken::new();
+        let deadline = tokio::time::sleep(FINAL_FLUSH_TIMEOUT);
         tokio::pin!(deadline);
         loop {
             if task.is_none() {
                 self.due = true;
                 task = self.start_commit();
             }
-            if task.is_none() {
+            if task.is_none() || expired.is_cancelled() {
                 break;
             }
             tokio::select! {
-                done = wait(&mut task) => task = self.finished(done, &never).await,
-                () = &mut deadline => {
-                    tracing::warn!(
-                        pending = self.pending.len() + self.in_flight.len(),
-                        "shutdown: database did not accept the final flush within 30s; those batches stay unacked and publishers will re-send them"
-                    );
-                    if let Some(t) = task.take() {
-                        t.abort();
-                    }
-                    break;
+                done = wait(&mut task) => {
+                    let finishing = self.finished(done, &expired);
+                    tokio::pin!(finishing);
+                    task = tokio::select! {
+                        t = &mut finishing => t,
+                        () = &mut deadline => {
+                            expired.cancel();
+                            finishing.await
+                        }
+                    };
                 }
+                () = &mut deadline => expired.cancel(),
+            }
+        }
+        if expired.is_cancelled() {
+            tracing::warn!(
+                pending = self.pending.len() + self.in_flight.len(),
+                "shutdown: database did not accept the final flush within {FINAL_FLUSH_TIMEOUT:?}; those batches stay unacked and publishers will re-send them"
+            );
+            if let Some(t) = task.take() {
+                t.abort();
             }
         }
     }

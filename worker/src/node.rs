@@ -30,6 +30,9 @@ pub const MAX_STRING_LEN: usize = crate::store::STRING_MAX_CHARS;
 /// kernel's backlog.
 const HTTP_MAX_CONNECTIONS: usize = 256;
 
+/// How long a stopping worker waits for the HTTP side to finish the requests in progress.
+const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a worker could not start, or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -194,9 +197,11 @@ async fn serve_with_lease(
 
     let metrics = Arc::new(Metrics::new());
     let tasks = TaskTracker::new();
-    // Stop order: the listener and connections, then the ingest task's final flush.
+    // Stop order: the listener and connections, then the ingest task's final flush, then the
+    // lease (held until the last commit, so no other node takes the shard while it runs).
     let stop_serving = shutdown.child_token();
     let stop_ingest = CancellationToken::new();
+    let stop_lease = CancellationToken::new();
     let fatal = CancellationToken::new();
 
     let (ingest_tx, ingest_rx) = mpsc::channel(256);
@@ -271,7 +276,7 @@ async fn serve_with_lease(
         let shard = config.shard_id.clone();
         let instance = instance_id.to_owned();
         let ttl = config.lease_ttl;
-        let stop = stop_serving.clone();
+        let stop = stop_lease.clone();
         let fatal = fatal.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(ttl / 3);
@@ -319,8 +324,18 @@ async fn serve_with_lease(
     stop_ingest.cancel();
     let _ = ingest_task.await;
     let _ = server_task.await;
+    stop_lease.cancel();
     tasks.close();
-    tasks.wait().await;
+    // The HTTP side finishes the requests it is answering; a client that never completes one
+    // does not hold the worker up.
+    if tokio::time::timeout(HTTP_STOP_TIMEOUT, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "stopping: HTTP connections still open after {HTTP_STOP_TIMEOUT:?}; closing them"
+        );
+    }
     if fatal.is_cancelled() {
         return Err(NodeError::LeaseLost(config.shard_id.clone()));
     }

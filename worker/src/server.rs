@@ -376,11 +376,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(());
             }
             Some(reply) = reply_rx.recv() => {
-                if let Reply::Malformed(_, message) = &reply {
+                if let Reply::Malformed(code, message) = &reply {
                     Metrics::add(&shared.metrics.protocol_errors, 1);
-                    let message = message.clone();
-                    let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(reply_frame(reply))).await;
-                    return Err(message);
+                    send_error(framed, *code, message).await;
+                    return Err(message.clone());
                 }
                 write(framed, reply_frame(reply), s.idle_timeout).await?;
             }

@@ -425,7 +425,16 @@ mod tests {
             Ordering::Greater
         );
         assert_eq!(key_cmp(Int(1), Long(1)), Ordering::Less);
-        assert!(!key_eq(Double(0.0), Double(-0.0)));
+        // -0.0 and 0.0 are one key, as in the databases' primary keys; and hash alike.
+        assert!(key_eq(Double(0.0), Double(-0.0)));
+        assert!(key_eq(Float(-0.0), Float(0.0)));
+        let hash = |v| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            hash_key_value(v, &mut h);
+            std::hash::Hasher::finish(&h)
+        };
+        assert_eq!(hash(Double(-0.0)), hash(Double(0.0)));
+        assert_ne!(hash(Double(1.0)), hash(Double(0.0)));
         assert!(key_eq(Double(f64::NAN), Double(f64::NAN)));
         assert_eq!(coerce(Double(3.0), AttrType::Long), Value::Long(3));
         assert_eq!(coerce(Double(3.5), AttrType::Float), Value::Float(3.5));
