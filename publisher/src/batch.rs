@@ -202,8 +202,13 @@ impl Batcher {
             });
         };
         let Some(schema) = &slot.schema else {
-            return Err(PublishError::SchemaRequired {
-                stream: stream.to_owned(),
+            // A stream published to before any schema was known, that no worker announced.
+            return Err(if self.schemas_known {
+                self.unknown_stream(stream)
+            } else {
+                PublishError::SchemaRequired {
+                    stream: stream.to_owned(),
+                }
             });
         };
         if values.len() != schema.attributes.len() {
@@ -272,6 +277,10 @@ impl Batcher {
         let Some(slot) = self.slots.get_mut(stream) else {
             return Err(PublishError::Closed);
         };
+        if slot.schema.is_none() && self.schemas_known {
+            // Published to before any schema was known, and no worker announced it since.
+            return Err(self.unknown_stream(stream));
+        }
         if let Some(schema) = &slot.schema {
             let mut values = vec![ValueRef::Null; schema.attributes.len()];
             for (name, v) in event.fields() {
@@ -726,6 +735,7 @@ mod tests {
         assert_eq!(c1, ["c"]);
         assert_eq!(ev1, vec![vec![Value::Bool(true)]]);
         assert_eq!(sealed[0].published_at.len(), 2);
+        b.push_event("typo", &e1, ok, &mut |_| {}).unwrap();
         // A schema learned later applies to the next events.
         assert!(b.add_schema(
             StreamSchema::new("s", vec![Attribute::new("a", AttrType::Long)]),
@@ -733,6 +743,16 @@ mod tests {
         ));
         assert!(matches!(
             b.push_event("other", &e1, ok, &mut |_| {}),
+            Err(PublishError::UnknownStream { .. })
+        ));
+        // Published to before the schemas were known, and not among them: refused now too
+        // (a worker would reject its batches).
+        assert!(matches!(
+            b.push_event("typo", &e1, ok, &mut |_| {}),
+            Err(PublishError::UnknownStream { .. })
+        ));
+        assert!(matches!(
+            b.push_values("typo", &EV, ok, &mut |_| {}),
             Err(PublishError::UnknownStream { .. })
         ));
         b.push_event("s", &Event::new().with("a", 7i64), ok, &mut |_| {})

@@ -575,6 +575,7 @@ impl PublisherBuilder {
     }
 
     fn validate(self) -> Result<(Settings, Vec<StreamSchema>), ConfigError> {
+        const MAX_DURATION_SETTING: Duration = Duration::from_secs(365 * 86_400);
         let url_set = UrlSet::parse(&self.url_set)?;
         let invalid = |setting: &'static str, reason: &str| {
             Err(ConfigError::Invalid {
@@ -608,6 +609,25 @@ impl PublisherBuilder {
         ] {
             if d.is_zero() {
                 return invalid(setting, "must be more than zero");
+            }
+        }
+        // Deadlines are computed as `now + setting`: a setting near `Duration::MAX` ("forever")
+        // would overflow the clock there, in a task, long after this builder returned.
+        let block_timeout = match self.full_policy {
+            FullPolicy::Block { timeout } => timeout,
+            FullPolicy::DropNewest => Duration::ZERO,
+        };
+        for (setting, d) in [
+            ("ack_timeout", self.ack_timeout),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("delivery_deadline", self.delivery_deadline),
+            ("connect_timeout", self.connect_timeout),
+            ("linger", self.linger),
+            ("reconnect_backoff", self.backoff_max),
+            ("full_policy", block_timeout),
+        ] {
+            if d > MAX_DURATION_SETTING {
+                return invalid(setting, "must be at most 365 days");
             }
         }
         if self.max_in_flight_per_connection == 0 {
@@ -770,6 +790,20 @@ mod tests {
             (
                 Publisher::builder("tcp://a:1").ack_timeout(Duration::ZERO),
                 "ack_timeout",
+            ),
+            (
+                Publisher::builder("tcp://a:1").linger(Duration::MAX),
+                "linger: must be at most 365 days",
+            ),
+            (
+                Publisher::builder("tcp://a:1").heartbeat_interval(Duration::MAX),
+                "heartbeat_interval: must be at most 365 days",
+            ),
+            (
+                Publisher::builder("tcp://a:1").full_policy(FullPolicy::Block {
+                    timeout: Duration::MAX,
+                }),
+                "full_policy: must be at most 365 days",
             ),
             (
                 Publisher::builder("tcp://a:1")
