@@ -601,31 +601,28 @@ impl PublisherBuilder {
         if self.buffer_max_bytes == 0 {
             return invalid("buffer_max_bytes", "must be at least 1");
         }
-        for (setting, d) in [
-            ("ack_timeout", self.ack_timeout),
-            ("heartbeat_interval", self.heartbeat_interval),
-            ("delivery_deadline", self.delivery_deadline),
-            ("connect_timeout", self.connect_timeout),
-        ] {
-            if d.is_zero() {
+        let block_timeout = match self.full_policy {
+            FullPolicy::Block { timeout } => timeout,
+            FullPolicy::DropNewest => Duration::ZERO,
+        };
+        // (setting, value, whether it must be more than zero)
+        let durations = [
+            ("ack_timeout", self.ack_timeout, true),
+            ("heartbeat_interval", self.heartbeat_interval, true),
+            ("delivery_deadline", self.delivery_deadline, true),
+            ("connect_timeout", self.connect_timeout, true),
+            ("linger", self.linger, false),
+            ("reconnect_backoff", self.backoff_max, false),
+            ("full_policy", block_timeout, false),
+        ];
+        for &(setting, d, positive) in &durations {
+            if positive && d.is_zero() {
                 return invalid(setting, "must be more than zero");
             }
         }
         // Deadlines are computed as `now + setting`: a setting near `Duration::MAX` ("forever")
         // would overflow the clock there, in a task, long after this builder returned.
-        let block_timeout = match self.full_policy {
-            FullPolicy::Block { timeout } => timeout,
-            FullPolicy::DropNewest => Duration::ZERO,
-        };
-        for (setting, d) in [
-            ("ack_timeout", self.ack_timeout),
-            ("heartbeat_interval", self.heartbeat_interval),
-            ("delivery_deadline", self.delivery_deadline),
-            ("connect_timeout", self.connect_timeout),
-            ("linger", self.linger),
-            ("reconnect_backoff", self.backoff_max),
-            ("full_policy", block_timeout),
-        ] {
+        for &(setting, d, _) in &durations {
             if d > MAX_DURATION_SETTING {
                 return invalid(setting, "must be at most 365 days");
             }

@@ -471,9 +471,7 @@ impl Aggregator {
             ts,
             seq,
         );
-        if self.overflow.is_none() {
-            self.overflow = overflow;
-        }
+        self.overflow = self.overflow.or(overflow);
     }
 
     /// The event time `event` carries: its `aggregate by` value when that is a number within

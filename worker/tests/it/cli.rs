@@ -4,7 +4,7 @@ use shardtally_publisher::protocol::Frame;
 use shardtally_worker::store::Backend;
 
 use crate::cluster::{
-    GEO_COLUMNS, RawClient, WorkerProc, naples_rows, query_records, run_cli, serve_args,
+    GEO_COLUMNS, RawClient, WorkerProc, naples_rows, query_records, run_cli, serve_args, set_arg,
 };
 use crate::common::TestDb;
 
@@ -15,11 +15,7 @@ async fn sigterm_flushes_pending_batches_and_acks_them_before_exiting() {
     let db = TestDb::fresh(Backend::Sqlite).await;
     let mut args = serve_args(&db.url, "node-a");
     // A flush interval far longer than the test: only the shutdown flush can commit.
-    let i = args
-        .iter()
-        .position(|a| a == "--flush-interval")
-        .expect("flag");
-    args[i + 1] = "1h".into();
+    set_arg(&mut args, "--flush-interval", "1h");
     let mut w = WorkerProc::start(&args);
     let mut c = RawClient::connect(w.listen, "gw-term", "")
         .await

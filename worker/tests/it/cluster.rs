@@ -433,6 +433,19 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
+/// Writes a Siddhi app to `name` in a fresh scratch directory; returns its path.
+pub fn app_file(name: &str, source: &str) -> String {
+    let app = scratch_dir().join(name);
+    std::fs::write(&app, source).expect("app");
+    app.display().to_string()
+}
+
+/// Sets the value of `flag` in `args` (which must have it, as [`serve_args`] does).
+pub fn set_arg(args: &mut [String], flag: &str, value: &str) {
+    let i = args.iter().position(|a| a == flag).expect("flag");
+    args[i + 1] = value.into();
+}
+
 /// A file of the shared TLS test fixtures (`testdata/tls`).
 pub fn tls_fixture(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/tls")).join(name)

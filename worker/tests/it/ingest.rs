@@ -9,8 +9,8 @@ use serde_json::json;
 use shardtally_publisher::protocol::{BatchEncoder, ErrorCode, Frame, RejectCode, Value};
 
 use crate::cluster::{
-    GEO_COLUMNS, RawClient, WorkerProc, http, naples_rows, query_records, read_some, scratch_dir,
-    serve_args,
+    GEO_COLUMNS, RawClient, WorkerProc, app_file, http, naples_rows, query_records, read_some,
+    scratch_dir, serve_args, set_arg,
 };
 use crate::common::{TestDb, on_every_backend};
 use shardtally_worker::store::Backend;
@@ -324,16 +324,13 @@ async fn purge_deletes_buckets_past_their_retention_and_keeps_the_rest() {
     use shardtally_worker::bucket::Granularity;
     use shardtally_worker::catalog::Catalog;
     let db = TestDb::fresh(Backend::Sqlite).await;
-    let dir = std::env::temp_dir().join(format!("shardtally-it-{:016x}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).expect("dir");
     let text = shardtally_worker::siddhi::BUNDLED_GEO_APP.replace(
         "define aggregation",
         "@purge(enable='true', interval='1 sec', @retentionPeriod(sec='2 min', min='2 hours', hours='all', days='all', months='all', years='all'))\ndefine aggregation",
     );
-    let app = dir.join("purging.siddhi");
-    std::fs::write(&app, &text).expect("app");
+    let app = app_file("purging.siddhi", &text);
     let mut args = serve_args(&db.url, "node-a");
-    args.extend(["--app".into(), app.display().to_string()]);
+    args.extend(["--app".into(), app]);
     let w = WorkerProc::start(&args);
 
     // 10 events stamped three hours ago, 5 stamped now.
@@ -394,16 +391,11 @@ async fn a_batch_the_database_refuses_is_rejected_and_the_others_in_its_flush_co
     on_every_backend(|db| async move {
         // A long sum that overflows BIGINT: refused by PostgreSQL and MySQL, and by the worker's
         // SQLite upsert (SQLite itself would store the sum as a float).
-        let dir = std::env::temp_dir().join(format!("shardtally-it-{:016x}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let app = dir.join("sums.siddhi");
-        std::fs::write(
-            &app,
+        let app = app_file(
+            "sums.siddhi",
             "@app:name('Sums')\ndefine stream s (k string, x long, ts long);\n\
              define aggregation SumAgg from s select k, sum(x) as total group by k aggregate by ts every sec ... year;\n",
-        )
-        .expect("app");
-        let app = app.display().to_string();
+        );
         let mut args = serve_args(&db.url, "node-a");
         args.extend(["--app".into(), app.clone()]);
         let w = WorkerProc::start(&args);
@@ -472,14 +464,11 @@ async fn a_batch_the_database_refuses_is_rejected_and_the_others_in_its_flush_co
 #[tokio::test(flavor = "multi_thread")]
 async fn minus_zero_and_zero_keys_count_as_one_group_on_every_backend() {
     on_every_backend(|db| async move {
-        let app = scratch_dir().join("zeros.siddhi");
-        std::fs::write(
-            &app,
+        let app = app_file(
+            "zeros.siddhi",
             "@app:name('Zeros')\ndefine stream s (k double, ts long);\n\
              define aggregation ZAgg from s select k, count() as n group by k aggregate by ts every sec ... year;\n",
-        )
-        .expect("app");
-        let app = app.display().to_string();
+        );
         let mut args = serve_args(&db.url, "node-z");
         args.extend(["--app".into(), app.clone()]);
         let w = WorkerProc::start(&args);
@@ -509,11 +498,7 @@ async fn a_commit_is_due_when_the_rows_of_every_granularity_reach_half_the_cap()
     let config = scratch_dir().join("deployment.yaml");
     std::fs::write(&config, "shardtally:\n  max_pending_rows: 100\n").expect("config");
     let mut args = serve_args(&db.url, "node-cap");
-    let at = args
-        .iter()
-        .position(|a| a == "--flush-interval")
-        .expect("flag");
-    args[at + 1] = "1h".into();
+    set_arg(&mut args, "--flush-interval", "1h");
     args.extend(["--config".into(), config.display().to_string()]);
     let w = WorkerProc::start(&args);
     let mut c = RawClient::connect(w.listen, "gw-cap", "")

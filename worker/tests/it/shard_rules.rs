@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::cluster::{
     GEO_COLUMNS, RawClient, WorkerProc, naples_rows, query_records_with, run_cli, serve_args,
+    set_arg,
 };
 use crate::common::on_every_backend;
 use shardtally_publisher::protocol::Frame;
@@ -56,8 +57,7 @@ async fn a_shard_served_by_another_live_node_is_refused_at_once() {
         // A lease far longer than the start-up timeout below: a worker that waited for it to
         // expire instead of refusing would time out, and would log that it waits.
         let long_lease = |mut args: Vec<String>| {
-            let i = args.iter().position(|a| a == "--lease-ttl").expect("flag");
-            args[i + 1] = "60s".into();
+            set_arg(&mut args, "--lease-ttl", "60s");
             args.extend(["--shard-id".into(), "shared".into()]);
             args
         };
@@ -138,11 +138,7 @@ async fn tables_without_shard_id_are_refused_then_migrated_without_loss() {
         };
         // Unpartitioned first: tables without SHARD_ID, 500 events in them.
         let mut plain = with_app(serve_args(&db.url, "node-a"));
-        let i = plain
-            .iter()
-            .position(|a| a == "--partition-by-id")
-            .expect("flag");
-        plain[i + 1] = "false".into();
+        set_arg(&mut plain, "--partition-by-id", "false");
         let mut w = WorkerProc::start(&plain);
         let mut c = RawClient::connect(w.listen, "migrate-test", "")
             .await
