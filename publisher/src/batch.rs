@@ -13,7 +13,10 @@ use bytes::Bytes;
 
 use crate::error::PublishError;
 use crate::event::Event;
-use crate::protocol::{AttrType, BatchEncoder, LEN_PREFIX, StreamSchema, Value, ValueRef};
+use crate::protocol::frame::kind;
+use crate::protocol::{
+    AttrType, BatchEncoder, Frame, LEN_PREFIX, ProtocolError, StreamSchema, Value, ValueRef,
+};
 
 /// A batch ready to send: its complete frame and what the buffer holds for it.
 #[derive(Debug, Clone)]
@@ -37,6 +40,41 @@ pub(crate) struct BatchLimits {
     pub(crate) max_events: u32,
     /// Complete frame size, length prefix included.
     pub(crate) max_bytes: usize,
+}
+
+impl BatchLimits {
+    /// The limits a worker announced in WELCOME (`max_frame_len` is the `len` field's limit;
+    /// 0 means none).
+    pub(crate) fn announced(max_frame_len: u32, max_batch_events: u32) -> BatchLimits {
+        BatchLimits {
+            max_events: if max_batch_events == 0 {
+                u32::MAX
+            } else {
+                max_batch_events
+            },
+            max_bytes: if max_frame_len == 0 {
+                usize::MAX
+            } else {
+                usize::try_from(max_frame_len)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(LEN_PREFIX)
+            },
+        }
+    }
+
+    /// The tighter of two limits.
+    pub(crate) fn min(self, other: BatchLimits) -> BatchLimits {
+        BatchLimits {
+            max_events: self.max_events.min(other.max_events),
+            max_bytes: self.max_bytes.min(other.max_bytes),
+        }
+    }
+
+    /// Whether a worker with these limits accepts the batch (neither REJECT `TooLarge` nor
+    /// ERROR `FrameTooLarge`).
+    pub(crate) fn admit(&self, batch: &SealedBatch) -> bool {
+        batch.events <= self.max_events && batch.frame.len() <= self.max_bytes
+    }
 }
 
 #[derive(Debug)]
@@ -123,16 +161,66 @@ impl Batcher {
     }
 
     /// Lowers the limits to what a worker accepts (`max_frame_len` is the `len` field's limit).
-    pub(crate) fn apply_peer_limits(&mut self, max_frame_len: u32, max_batch_events: u32) {
-        if max_batch_events > 0 {
-            self.limits.max_events = self.limits.max_events.min(max_batch_events);
+    pub(crate) fn apply_peer_limits(&mut self, peer: BatchLimits) {
+        self.limits = self.limits.min(peer);
+    }
+
+    /// Re-encodes a sealed batch as consecutive parts within `limits`, under fresh sequence
+    /// numbers, in event order (each part keeps the batch's `opened_at` and its events' publish
+    /// times). For a batch sealed under larger limits than a worker announced since, and never
+    /// sent: its own seq is then never used. A single event larger than `limits` is a part of its
+    /// own.
+    pub(crate) fn split(
+        &mut self,
+        batch: &SealedBatch,
+        limits: BatchLimits,
+    ) -> Result<Vec<SealedBatch>, ProtocolError> {
+        let body = batch.frame.slice(LEN_PREFIX + 1..);
+        let Frame::Batch(frame) = Frame::decode(kind::BATCH, body)? else {
+            return Err(ProtocolError::UnknownKind(kind::BATCH));
+        };
+        let mut encoder = BatchEncoder::new(&frame.stream, &frame.columns)?;
+        let mut reader = frame.reader();
+        let mut values = Vec::with_capacity(frame.columns.len());
+        let mut parts = Vec::new();
+        let mut first = 0;
+        let mut event = 0;
+        let mut event_bytes = 0u64;
+        let mut part = |encoder: &mut BatchEncoder, event: usize, event_bytes: &mut u64| {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let events = encoder.event_count();
+            parts.push(SealedBatch {
+                seq,
+                stream: Arc::clone(&batch.stream),
+                events,
+                event_bytes: std::mem::take(event_bytes),
+                frame: encoder.seal(seq),
+                opened_at: batch.opened_at,
+                published_at: batch
+                    .published_at
+                    .get(first..event)
+                    .map(<[Instant]>::to_vec)
+                    .unwrap_or_default(),
+            });
+            first = event;
+        };
+        while reader.next_event(&mut values)? {
+            let len = BatchEncoder::event_len(&values);
+            if !encoder.is_empty()
+                && (encoder.event_count() >= limits.max_events
+                    || encoder.encoded_len() + len > limits.max_bytes)
+            {
+                part(&mut encoder, event, &mut event_bytes);
+            }
+            encoder.push_event(&values)?;
+            event_bytes += u64::try_from(len).unwrap_or(u64::MAX);
+            event += 1;
         }
-        if max_frame_len > 0 {
-            let frame = usize::try_from(max_frame_len)
-                .unwrap_or(usize::MAX)
-                .saturating_add(LEN_PREFIX);
-            self.limits.max_bytes = self.limits.max_bytes.min(frame);
+        if !encoder.is_empty() {
+            part(&mut encoder, event, &mut event_bytes);
         }
+        Ok(parts)
     }
 
     /// Adds a schema. Given schemas win over learned ones; a learned schema for a stream that
@@ -598,7 +686,7 @@ mod tests {
     #[test]
     fn peer_limits_only_lower() {
         let mut b = batcher(1000, 1 << 20);
-        b.apply_peer_limits(u32::MAX, 5000);
+        b.apply_peer_limits(BatchLimits::announced(u32::MAX, 5000));
         assert_eq!(
             b.limits(),
             BatchLimits {
@@ -606,13 +694,100 @@ mod tests {
                 max_bytes: 1 << 20
             }
         );
-        b.apply_peer_limits(1000, 10);
+        b.apply_peer_limits(BatchLimits::announced(1000, 10));
         assert_eq!(
             b.limits(),
             BatchLimits {
                 max_events: 10,
                 max_bytes: 1004
             }
+        );
+    }
+
+    #[test]
+    fn announced_zero_means_no_limit() {
+        let none = BatchLimits::announced(0, 0);
+        assert_eq!(none.max_events, u32::MAX);
+        assert_eq!(none.max_bytes, usize::MAX);
+        assert_eq!(BatchLimits::announced(100, 7).max_bytes, 104);
+    }
+
+    /// A batch sealed under larger limits than a worker announced is re-encoded as parts within
+    /// them: the same events in order, fresh seqs, byte and event accounting kept, each part
+    /// admitted by those limits.
+    #[test]
+    fn a_split_batch_keeps_every_event_in_order_within_the_limits() {
+        let mut b = Batcher::new(
+            BatchLimits {
+                max_events: 1000,
+                max_bytes: 1 << 20,
+            },
+            true,
+        );
+        b.add_schema(geo(), SchemaSource::Given);
+        let apis: Vec<String> = (0..25)
+            .map(|i| format!("api-{i:0>width$}", width = i % 7))
+            .collect();
+        for (i, api) in apis.iter().enumerate() {
+            let ev = [
+                ValueRef::String(api),
+                ValueRef::Long(i64::try_from(i).expect("i")),
+                ValueRef::Bool(i % 2 == 0),
+            ];
+            b.push_values("geo", &ev, ok, &mut |_| panic!("not full"))
+                .expect("push");
+        }
+        let mut sealed = Vec::new();
+        b.seal_all(&mut |x| sealed.push(x));
+        let whole = sealed.pop().expect("one batch");
+        assert_eq!((whole.seq, whole.events), (0, 25));
+        let peer = BatchLimits::announced(130, 4);
+        assert!(!peer.admit(&whole));
+        let parts = b.split(&whole, peer).expect("split");
+        assert_eq!(b.next_seq(), 1 + u64::try_from(parts.len()).expect("n"));
+        let mut next = 0;
+        let mut bytes = 0;
+        for (k, part) in parts.iter().enumerate() {
+            assert_eq!(part.seq, 1 + k as u64);
+            assert!(
+                peer.admit(part),
+                "part {k}: {} events, {} bytes",
+                part.events,
+                part.frame.len()
+            );
+            assert_eq!(part.opened_at, whole.opened_at);
+            assert_eq!(part.published_at.len(), part.events as usize);
+            let Frame::Batch(frame) =
+                Frame::decode(kind::BATCH, part.frame.slice(LEN_PREFIX + 1..)).expect("decodes")
+            else {
+                panic!("not a batch");
+            };
+            assert_eq!(frame.seq, part.seq);
+            let mut reader = frame.reader();
+            let mut values = Vec::new();
+            while reader.next_event(&mut values).expect("event") {
+                assert_eq!(values[0], ValueRef::String(&apis[next]));
+                assert_eq!(values[1], ValueRef::Long(i64::try_from(next).expect("i")));
+                assert_eq!(
+                    part.published_at[(part.events - reader.remaining() - 1) as usize],
+                    whole.published_at[next]
+                );
+                bytes += BatchEncoder::event_len(&values) as u64;
+                next += 1;
+            }
+        }
+        assert_eq!(next, 25);
+        assert_eq!(bytes, whole.event_bytes);
+        assert_eq!(
+            parts.iter().map(|p| p.event_bytes).sum::<u64>(),
+            whole.event_bytes
+        );
+        // Four events per part at most; the frame limit makes some parts smaller still.
+        assert!(parts.len() >= 7, "{} parts", parts.len());
+        assert!(
+            parts
+                .iter()
+                .any(|p| p.events < 4 && p.seq != parts.last().expect("last").seq)
         );
     }
 

@@ -11,6 +11,12 @@
 //! one member, or done (acked or failed). A member that fails (connect/write error, ERROR,
 //! heartbeat, ack timeout) is backed off and its in-flight batches go back to the front of the
 //! queue, marked to avoid that member while another is healthy.
+//!
+//! A batch is sent only to a member whose announced limits (WELCOME's `max_batch_events`,
+//! `max_frame_len`) admit it. One that no healthy member admits — sealed before a smaller-limit
+//! worker was heard from — is split into parts that fit, under fresh seqs, if it was never sent
+//! (so its own seq can never be committed); otherwise it is parked until a member that admits it
+//! comes up (or its delivery deadline).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::backoff_delay;
-use crate::batch::{SchemaSource, SealedBatch};
+use crate::batch::{BatchLimits, SchemaSource, SealedBatch};
 use crate::client::Shared;
 use crate::connection::{self, ConnError, ConnEvent, ConnEventKind, ConnParams};
 use crate::endpoint::{GroupMode, MemberView, pick};
@@ -69,6 +75,9 @@ struct Group {
     members: Vec<usize>,
     cursor: usize,
     pending: VecDeque<u64>,
+    /// Batches no healthy member admits and that cannot be split (already sent, or one event):
+    /// back to the front of `pending` when a member of the group comes up.
+    parked: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -90,6 +99,8 @@ struct Member {
     attempt: u32,
     retry_at: Option<Instant>,
     node_id: String,
+    /// What the worker announced in its last WELCOME.
+    limits: Option<BatchLimits>,
 }
 
 pub(crate) struct Dispatcher {
@@ -97,6 +108,9 @@ pub(crate) struct Dispatcher {
     groups: Vec<Group>,
     members: Vec<Member>,
     batches: BTreeMap<u64, InBatch>,
+    /// Parts of split batches: part seq → the seq of the batch first sealed (what flushes and
+    /// deadlines go by, as parts have later seqs).
+    parts: BTreeMap<u64, u64>,
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     conn_tx: mpsc::UnboundedSender<ConnEvent>,
     next_conn: u64,
@@ -129,6 +143,7 @@ impl Dispatcher {
                     attempt: 0,
                     retry_at: None,
                     node_id: String::new(),
+                    limits: None,
                 });
             }
             groups.push(Group {
@@ -136,6 +151,7 @@ impl Dispatcher {
                 members: indices,
                 cursor: 0,
                 pending: VecDeque::new(),
+                parked: Vec::new(),
             });
         }
         Dispatcher {
@@ -143,6 +159,7 @@ impl Dispatcher {
             groups,
             members,
             batches: BTreeMap::new(),
+            parts: BTreeMap::new(),
             flushes: Vec::new(),
             conn_tx,
             next_conn: 0,
@@ -284,6 +301,13 @@ impl Dispatcher {
                 member.state = EndpointState::Connected;
                 member.attempt = 0;
                 member.node_id.clone_from(&welcome.node_id);
+                let limits =
+                    BatchLimits::announced(welcome.max_frame_len, welcome.max_batch_events);
+                member.limits = Some(limits);
+                let group = &mut self.groups[member.group];
+                for seq in group.parked.drain(..).rev() {
+                    group.pending.push_front(seq);
+                }
                 let cell = &self.shared.endpoints[m];
                 Counters::add(&cell.connects, 1);
                 cell.update(|i| {
@@ -292,7 +316,7 @@ impl Dispatcher {
                     i.shard_id = Some(welcome.shard_id.clone());
                 });
                 let mut batcher = self.shared.lock_batcher();
-                batcher.apply_peer_limits(welcome.max_frame_len, welcome.max_batch_events);
+                batcher.apply_peer_limits(limits);
                 for schema in welcome.streams {
                     let name = schema.name.clone();
                     if !batcher.add_schema(schema, SchemaSource::Learned) {
@@ -414,6 +438,7 @@ impl Dispatcher {
         let Some(b) = self.batches.remove(&seq) else {
             return;
         };
+        self.parts.remove(&seq);
         if !b.failed {
             Counters::add(&self.shared.counters.acked, u64::from(b.batch.events));
         }
@@ -522,19 +547,29 @@ impl Dispatcher {
                     continue;
                 };
                 let avoid = avoid.and_then(|a| self.groups[g].members.iter().position(|&x| x == a));
+                let mut declined = false;
                 let views: Vec<MemberView> = self.groups[g]
                     .members
                     .iter()
                     .map(|&i| {
                         let member = &self.members[i];
+                        let connected = member.state == EndpointState::Connected;
+                        let admits = member.limits.is_some_and(|l| l.admit(&b.batch));
+                        declined |= connected && !admits;
                         MemberView {
-                            healthy: member.state == EndpointState::Connected,
+                            healthy: connected && admits,
                             has_room: member.in_flight.len() < max_in_flight,
                         }
                     })
                     .collect();
                 let group = &mut self.groups[g];
                 let Some(choice) = pick(group.mode, &views, &mut group.cursor, avoid) else {
+                    if declined && !views.iter().any(|v| v.healthy) {
+                        // Healthy members, none of which admits this batch.
+                        self.groups[g].pending.pop_front();
+                        self.split_or_park(seq, g);
+                        continue;
+                    }
                     break;
                 };
                 let m = group.members[choice];
@@ -565,6 +600,90 @@ impl Dispatcher {
                     }
                 }
             }
+        }
+    }
+
+    /// A batch that no healthy member of group `g` admits: split into parts that every healthy
+    /// member of the group admits, if it was never sent in any group; otherwise (or if it is one
+    /// event) parked until a member that admits it comes up.
+    fn split_or_park(&mut self, seq: u64, g: usize) {
+        let Some(b) = self.batches.get(&seq) else {
+            return;
+        };
+        let never_sent = b
+            .slots
+            .iter()
+            .all(|s| matches!(s, Slot::Pending { sends: 0, .. }));
+        let limits = self.groups[g]
+            .members
+            .iter()
+            .filter(|&&i| self.members[i].state == EndpointState::Connected)
+            .filter_map(|&i| self.members[i].limits)
+            .reduce(BatchLimits::min);
+        let parts = match limits {
+            Some(limits) if never_sent && b.batch.events > 1 => {
+                self.shared.lock_batcher().split(&b.batch, limits)
+            }
+            _ => Ok(Vec::new()),
+        };
+        let parts = match parts {
+            Ok(parts) if parts.len() > 1 => parts,
+            Ok(_) => {
+                tracing::warn!(
+                    seq,
+                    events = b.batch.events,
+                    bytes = b.batch.frame.len(),
+                    "no healthy worker accepts a batch this large (max_batch_events / \
+                     max_frame_len); it waits for one that does"
+                );
+                self.groups[g].parked.push(seq);
+                return;
+            }
+            Err(e) => {
+                // Cannot happen: the frame was encoded by this publisher.
+                self.fail_batch(seq, FAILED_REJECTED, || {
+                    format!("could not be split to fit a worker's limits: {e}")
+                });
+                return;
+            }
+        };
+        let Some(whole) = self.batches.remove(&seq) else {
+            return;
+        };
+        let origin = self.parts.remove(&seq).unwrap_or(seq);
+        tracing::debug!(
+            seq,
+            events = whole.batch.events,
+            parts = parts.len(),
+            "batch split to fit the limits a worker announced"
+        );
+        Counters::add(
+            &self.shared.counters.batches,
+            u64::try_from(parts.len() - 1).unwrap_or(0),
+        );
+        let n = self.groups.len();
+        for part in parts.into_iter().rev() {
+            let part_seq = part.seq;
+            for group in &mut self.groups {
+                group.pending.push_front(part_seq);
+            }
+            self.parts.insert(part_seq, origin);
+            self.batches.insert(
+                part_seq,
+                InBatch {
+                    batch: part,
+                    slots: vec![
+                        Slot::Pending {
+                            avoid: None,
+                            sends: 0
+                        };
+                        n
+                    ],
+                    unresolved: n,
+                    in_flight_groups: 0,
+                    failed: false,
+                },
+            );
         }
     }
 
@@ -626,6 +745,17 @@ impl Dispatcher {
                 break;
             }
         }
+        // Parts of split batches have later seqs than batches sealed after theirs.
+        for &seq in self.parts.keys() {
+            if self
+                .batches
+                .get(&seq)
+                .is_some_and(|b| now.saturating_duration_since(b.batch.opened_at) >= deadline)
+                && !expired.contains(&seq)
+            {
+                expired.push(seq);
+            }
+        }
         for seq in expired {
             self.fail_batch(seq, FAILED_DEADLINE, || {
                 format!("not acked within the delivery deadline of {deadline:?}")
@@ -677,7 +807,14 @@ impl Dispatcher {
         if self.flushes.is_empty() {
             return;
         }
-        let first_open = self.batches.keys().next().copied();
+        let first_open = self
+            .batches
+            .keys()
+            .next()
+            .copied()
+            .into_iter()
+            .chain(self.parts.values().copied())
+            .min();
         let mut i = 0;
         while i < self.flushes.len() {
             if first_open.is_none_or(|s| s >= self.flushes[i].0) {

@@ -71,6 +71,67 @@ async fn a_member_killed_mid_stream_loses_and_duplicates_nothing() {
     );
 }
 
+/// A batch sent to a worker that then died, and too large for the only other one (which announced
+/// smaller limits): it is neither split (its seq may be committed already) nor sent there, but
+/// waits for a worker that admits it, and later batches are not held behind it.
+#[tokio::test]
+async fn a_resent_batch_too_large_for_the_others_waits_for_a_worker_that_admits_it() {
+    let ledger = Ledger::new();
+    let big = TestServer::start(ServerConfig::new("big"), ledger.clone()).await;
+    let small_addr = free_addr().await;
+    let publisher = Publisher::builder(&format!("{{{},tcp://{small_addr}}}", big.url()))
+        .schema(geo_schema())
+        .batch_max_events(1000)
+        .ack_timeout(Duration::from_secs(60))
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .build()
+        .unwrap();
+    wait_until(10, "big connected", || {
+        endpoint(&publisher.stats(), &big.url()).state == EndpointState::Connected
+    })
+    .await;
+    // One 1,000-event batch, committed by `big` but not acked.
+    big.stop_acking();
+    for i in 0..1000 {
+        publisher
+            .publish_values("geo", &geo_values(i))
+            .await
+            .unwrap();
+    }
+    wait_until(10, "big holds the batch", || big.held() == 1).await;
+    let mut config = ServerConfig::new("small");
+    config.max_batch_events = 100;
+    let small = TestServer::start_on(small_addr, config, ledger.clone()).await;
+    wait_until(10, "small connected", || {
+        endpoint(&publisher.stats(), &small.url()).state == EndpointState::Connected
+    })
+    .await;
+    big.kill();
+    // New batches (sealed at small's 100 events) go to small meanwhile.
+    for i in 1000..1200 {
+        publisher
+            .publish_values("geo", &geo_values(i))
+            .await
+            .unwrap();
+    }
+    wait_until(10, "small commits the new events", || {
+        ledger.events_by("small") == 200
+    })
+    .await;
+    assert_eq!(small.rejected(), 0);
+    assert_eq!(publisher.stats().acked, 200);
+    let big_again = TestServer::start_on(big.addr, ServerConfig::new("big"), ledger.clone()).await;
+    bounded(30, "flush", publisher.flush()).await.unwrap();
+    let stats = publisher.stats();
+    assert_eq!(stats.acked, 1200, "{stats:?}");
+    assert_eq!(stats.failed_total(), 0, "{stats:?}");
+    assert_eq!((small.received_batches(), small.rejected()), (2, 0));
+    assert_eq!(big_again.received_batches(), 1);
+    assert_eq!(ledger.events(), 1200);
+    ledger.assert_each_ts_once(1200);
+    assert_eq!(ledger.duplicate_batches(), 1);
+}
+
 #[tokio::test]
 async fn an_ack_timeout_resends_elsewhere() {
     let ledger = Ledger::new();

@@ -9,10 +9,12 @@ use shardtally_publisher::{Publisher, Stats, Value};
 use shardtally_worker::bucket::Granularity;
 use shardtally_worker::catalog::Catalog;
 use shardtally_worker::config::AppSource;
-use shardtally_worker::store::Store;
+use shardtally_worker::store::{Backend, Store};
 
-use crate::cluster::{WorkerProc, naples_rows, query_records, serve_args};
-use crate::common::on_every_backend;
+use crate::cluster::{
+    WorkerProc, naples_hour, naples_rows, query_records, scratch_dir, serve_args, set_arg,
+};
+use crate::common::{TestDb, on_every_backend};
 
 const HOUR_QUERY: &str = r#"from GeoLocationAgg within "2026-11-20 10:**:**" per "hours" select country, city, totalRequestCount"#;
 
@@ -224,4 +226,52 @@ async fn hostile_strings_travel_publisher_to_worker_to_database_to_http_verbatim
         db
     })
     .await;
+}
+
+/// A worker that announces smaller limits than the publisher's: the batches sealed before its
+/// WELCOME (1,000 events, ~52 KB frames, against 100 events and 2,000 bytes) are split into parts
+/// it accepts — not rejected as `TooLarge`, not sent into an ERROR `FrameTooLarge` reconnect
+/// loop — and every event is counted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_sealed_before_a_worker_announced_smaller_limits_are_split_and_all_counted() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let catalog = bundled();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut b = Publisher::builder(&format!("tcp://127.0.0.1:{port}"))
+        .publisher_id("it-split")
+        .batch_max_events(1000)
+        .delivery_deadline(Duration::from_secs(30))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200));
+    for s in catalog.streams() {
+        b = b.schema(s.clone());
+    }
+    let p = b.build().expect("publisher");
+    publish_all(&p, &naples_rows(2_500)).await;
+    let config = scratch_dir().join("deployment.yaml");
+    std::fs::write(
+        &config,
+        "shardtally:\n  max_batch_events: 100\n  max_frame_len: 2000\n",
+    )
+    .expect("config");
+    let mut args = serve_args(&db.url, "node-small");
+    set_arg(&mut args, "--listen", &format!("127.0.0.1:{port}"));
+    args.extend(["--config".into(), config.display().to_string()]);
+    let w = WorkerProc::start(&args);
+    tokio::time::timeout(Duration::from_secs(60), p.flush())
+        .await
+        .expect("flushed")
+        .expect("flush");
+    let stats = p.stats();
+    assert_delivered(&stats, 2_500);
+    assert_eq!(stats.retried, 0, "nothing re-sent: {stats:?}");
+    // Sealed as 1,000 + 1,000 + 500; a 2,000-byte frame holds an 86-byte header and 39 of
+    // these 48-byte events: 26 + 26 + 13 parts.
+    assert_eq!(stats.batches, 65, "{stats:?}");
+    assert_eq!(query_records(&db.url, HOUR_QUERY), naples_hour(2_500));
+    p.close(Duration::from_secs(5)).await.expect("close");
+    drop(w);
+    db.cleanup().await;
 }

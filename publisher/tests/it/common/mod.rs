@@ -136,6 +136,8 @@ pub struct ServerConfig {
     pub node_id: String,
     pub schemas: Vec<StreamSchema>,
     pub auth_token: Option<String>,
+    /// Announced in WELCOME and enforced: a larger batch is rejected `TooLarge`.
+    pub max_batch_events: u32,
 }
 
 impl ServerConfig {
@@ -144,6 +146,7 @@ impl ServerConfig {
             node_id: node_id.to_owned(),
             schemas: vec![geo_schema()],
             auth_token: None,
+            max_batch_events: 100_000,
         }
     }
 }
@@ -299,7 +302,7 @@ async fn handle(socket: TcpStream, st: Arc<State>) {
         node_id: st.config.node_id.clone(),
         shard_id: st.config.node_id.clone(),
         max_frame_len: 16 * 1024 * 1024,
-        max_batch_events: 100_000,
+        max_batch_events: st.config.max_batch_events,
         streams: st.config.schemas.clone(),
     });
     if framed.send(welcome).await.is_err() {
@@ -327,7 +330,12 @@ async fn handle(socket: TcpStream, st: Arc<State>) {
             Frame::Ping { nonce } => Some(Frame::Pong { nonce }),
             Frame::Batch(batch) => {
                 st.received_batches.fetch_add(1, Ordering::SeqCst);
-                match check_batch(&st.config.schemas, &batch) {
+                let checked = if batch.event_count > st.config.max_batch_events {
+                    Err((RejectCode::TooLarge, "too many events".to_owned()))
+                } else {
+                    check_batch(&st.config.schemas, &batch)
+                };
+                match checked {
                     Err((code, reason)) => {
                         st.rejected.fetch_add(1, Ordering::SeqCst);
                         Some(Frame::Reject {
