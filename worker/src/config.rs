@@ -231,11 +231,17 @@ pub struct OwnSection {
     pub max_batch_events: Option<u32>,
     /// Maximum simultaneous publisher connections.
     pub max_connections: Option<usize>,
-    /// How long a new connection may take to finish its TLS handshake and send HELLO (`10s`).
+    /// How long a new connection may take to finish its TLS handshake and send HELLO (`10s`);
+    /// on the HTTP side, the time for the TLS handshake, then for each request's head, then for
+    /// its body.
     pub handshake_timeout: Option<String>,
     /// How long a connection may stay silent, or leave our writes unread, before it is closed
     /// (`60s`; publishers send heartbeats every 2 s).
     pub idle_timeout: Option<String>,
+    /// Most stored rows one store query may read (`1000000`).
+    pub max_query_rows: Option<usize>,
+    /// Longest a store query may run (`30s`).
+    pub query_timeout: Option<String>,
 }
 
 impl DeploymentFile {
@@ -479,6 +485,8 @@ pub struct WorkerConfig {
     pub handshake_timeout: Duration,
     /// Longest silence (or unread write) before a connection is closed.
     pub idle_timeout: Duration,
+    /// Store queries: the most stored rows read, and the longest run.
+    pub query_limits: crate::retrieve::QueryLimits,
     /// Benchmark baseline: fold and ack events, never store them (`--discard-events`).
     pub discard_events: bool,
     /// WSO2 keys found in the file that shardtally does not use.
@@ -664,9 +672,22 @@ impl WorkerConfig {
             own.and_then(|s| s.idle_timeout.as_ref()),
             60_000,
         )?;
+        let query_timeout = duration(
+            "query_timeout",
+            &None,
+            own.and_then(|s| s.query_timeout.as_ref()),
+            30_000,
+        )?;
+        let max_query_rows = own
+            .and_then(|s| s.max_query_rows)
+            .unwrap_or(crate::retrieve::QueryLimits::default().max_rows);
+        if max_query_rows == 0 {
+            return Err(ConfigError::invalid("max_query_rows", "must be at least 1"));
+        }
         for (key, d) in [
             ("handshake_timeout", handshake_timeout),
             ("idle_timeout", idle_timeout),
+            ("query_timeout", query_timeout),
         ] {
             if d < Duration::from_millis(100) {
                 return Err(ConfigError::invalid(key, "must be at least 100ms"));
@@ -735,6 +756,10 @@ impl WorkerConfig {
             max_connections: own.and_then(|s| s.max_connections).unwrap_or(1024),
             handshake_timeout,
             idle_timeout,
+            query_limits: crate::retrieve::QueryLimits {
+                max_rows: max_query_rows,
+                timeout: query_timeout,
+            },
             discard_events: o.discard_events,
             ignored_keys: file.ignored_keys(),
             dropped_jdbc_params,
@@ -899,6 +924,43 @@ shardtally:
         assert_eq!(c.app, AppSource::Bundled);
         assert!(!c.partition_by_id);
         assert_eq!(c.flush_interval, Duration::from_millis(200));
+        assert_eq!(
+            c.query_limits,
+            crate::retrieve::QueryLimits {
+                max_rows: 1_000_000,
+                timeout: Duration::from_secs(30)
+            }
+        );
+    }
+
+    #[test]
+    fn query_limits_are_read_and_checked() {
+        let c = resolve(
+            "shardtally:\n  max_query_rows: 5000\n  query_timeout: 2s\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.query_limits.max_rows, 5000);
+        assert_eq!(c.query_limits.timeout, Duration::from_secs(2));
+        for (yaml, expected) in [
+            (
+                "max_query_rows: 0",
+                "invalid `max_query_rows`: must be at least 1",
+            ),
+            (
+                "query_timeout: 5ms",
+                "invalid `query_timeout`: must be at least 100ms",
+            ),
+            (
+                "query_timeout: later",
+                "invalid `query_timeout`: `later` is not a duration",
+            ),
+        ] {
+            let err = resolve(&format!("shardtally:\n  {yaml}\n"), Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(expected), "{yaml}: {err}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRequest, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,6 +30,10 @@ pub(crate) struct HttpState {
     pub(crate) shard_id: String,
     /// When set, `/stores/query` and `/metrics` need `Authorization: Bearer <token>`.
     pub(crate) auth_token: Option<String>,
+    /// The time a request's body has to arrive (the head's is enforced by the server).
+    pub(crate) body_timeout: std::time::Duration,
+    /// What one store query may cost.
+    pub(crate) query_limits: retrieve::QueryLimits,
 }
 
 pub(crate) fn router(state: Arc<HttpState>) -> Router {
@@ -90,11 +94,26 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 async fn store_query(
     State(state): State<Arc<HttpState>>,
-    body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>,
+    request: axum::extract::Request,
 ) -> Response {
+    // However slowly it trickles in, the body has its time, as the head has.
+    let body = tokio::time::timeout(
+        state.body_timeout,
+        Json::<QueryRequest>::from_request(request, &()),
+    )
+    .await;
     let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:?} (handshake_timeout)",
+                    state.body_timeout
+                ),
+            );
+        }
     };
     let app = req.app_name.unwrap_or_default();
     let query = req.query.unwrap_or_default();
@@ -113,7 +132,7 @@ async fn store_query(
             ),
         );
     }
-    match retrieve::run(&state.catalog, &state.store, &query).await {
+    match retrieve::run_within(&state.catalog, &state.store, &query, state.query_limits).await {
         Ok(rs) => {
             let records: Vec<Vec<serde_json::Value>> = rs
                 .rows

@@ -1,7 +1,8 @@
-//! The HTTP side's listener: at most `max_connections` at once, a connection on which nothing is
-//! read or written for `idle` is closed — so slow or silent clients (slowloris) cannot hold the
-//! HTTP side, which `axum::serve` alone would let them do (it sets no timeouts) — and, when the
-//! worker has a TLS certificate, HTTPS only.
+//! The HTTP side's listener and server: at most `max_connections` at once; a connection on which
+//! nothing is read or written for `idle` is closed, and a request's head must arrive whole within
+//! `header` however it trickles in — so slow or silent clients (slowloris) cannot hold the HTTP
+//! side, which `axum::serve` alone would let them do (it runs hyper without a timer, so with no
+//! timeouts) — and, when the worker has a TLS certificate, HTTPS only.
 //!
 //! Connections are accepted by a task of their own; with TLS, each handshake runs in its own
 //! task under the handshake timeout, so a client that stalls its handshake holds one connection
@@ -17,6 +18,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -24,6 +28,9 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::metrics::Metrics;
 
@@ -37,7 +44,8 @@ pub(crate) struct HttpLimits {
     pub(crate) max_connections: usize,
     /// A connection on which nothing moves for this long is closed.
     pub(crate) idle: Duration,
-    /// The time a client has to complete its TLS handshake.
+    /// The time a client has to complete its TLS handshake, and then each request's head
+    /// (request line and headers).
     pub(crate) handshake: Duration,
 }
 
@@ -45,6 +53,7 @@ pub(crate) struct HttpLimits {
 pub(crate) struct GuardedListener {
     ready: mpsc::Receiver<(HttpIo, SocketAddr)>,
     local: SocketAddr,
+    header_timeout: Duration,
 }
 
 impl GuardedListener {
@@ -65,7 +74,49 @@ impl GuardedListener {
             TlsAcceptor::from(Arc::new(config))
         });
         tokio::spawn(accept_loop(inner, limits, tls, metrics, tx));
-        GuardedListener { ready, local }
+        GuardedListener {
+            ready,
+            local,
+            header_timeout: limits.handshake,
+        }
+    }
+
+    /// Serves `app` on every connection until `stop`; then lets each connection finish the
+    /// request it is answering (no new ones) and returns once all are closed.
+    ///
+    /// What `axum::serve` does, with a timer for hyper, so that its header-read timeout applies.
+    pub(crate) async fn serve(mut self, app: axum::Router, stop: CancellationToken) {
+        let connections = TaskTracker::new();
+        loop {
+            let (io, addr) = tokio::select! {
+                conn = axum::serve::Listener::accept(&mut self) => conn,
+                () = stop.cancelled() => break,
+            };
+            let service = TowerToHyperService::new(
+                app.clone()
+                    .map_request(|req: hyper::Request<Incoming>| req.map(axum::body::Body::new)),
+            );
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(self.header_timeout);
+            let stop = stop.clone();
+            connections.spawn(async move {
+                let conn = http.serve_connection(TokioIo::new(io), service);
+                let mut conn = std::pin::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(%addr, error = %e, "HTTP connection ended");
+                }
+            });
+        }
+        connections.close();
+        connections.wait().await;
     }
 }
 

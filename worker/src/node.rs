@@ -247,6 +247,8 @@ async fn serve_with_lease(
         node_id: config.node_id.clone(),
         shard_id: config.shard_id.clone(),
         auth_token: config.auth_token.clone(),
+        body_timeout: config.handshake_timeout,
+        query_limits: config.query_limits,
     });
     let http_stop = stop_serving.clone();
     let listener = crate::http_listener::GuardedListener::new(
@@ -262,12 +264,7 @@ async fn serve_with_lease(
     );
     tasks.spawn(async move {
         let app = router(http_state);
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
+        listener.serve(app, http_stop).await;
     });
 
     // Lease keeper.

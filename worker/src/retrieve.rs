@@ -1,6 +1,8 @@
 //! Running a store query end to end: parse, fetch every shard's rows of the `per` table in range,
 //! merge and evaluate. Shared by `shardtally-worker query` and `POST /stores/query`.
 
+use std::time::Duration;
+
 use crate::catalog::Catalog;
 use crate::query::{self, ResultSet, StoreQuery};
 use crate::store::{Store, StoreError};
@@ -22,20 +24,90 @@ pub enum RetrieveError {
     /// The query is valid but cannot be answered (unknown attribute, granularity not kept, …).
     #[error("{0}")]
     Query(String),
+    /// The range holds more stored rows than a query may read.
+    #[error(
+        "the query reads more than {max} stored rows of `{table}` (max_query_rows); narrow \
+         `within` or use a coarser `per`"
+    )]
+    TooManyRows {
+        /// The table.
+        table: String,
+        /// The limit.
+        max: usize,
+    },
+    /// The query did not finish in time.
+    #[error(
+        "the query did not finish within {0:?} (query_timeout); narrow `within` or use a \
+         coarser `per`"
+    )]
+    TimedOut(Duration),
     /// The database failed.
     #[error("database: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for RetrieveError {
+    fn from(e: StoreError) -> RetrieveError {
+        match e {
+            StoreError::TooManyRows { table, max } => RetrieveError::TooManyRows { table, max },
+            e => RetrieveError::Store(e),
+        }
+    }
 }
 
 impl RetrieveError {
     /// Whether the error is the caller's (bad query) rather than the system's.
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, RetrieveError::Store(_))
+        !matches!(self, RetrieveError::Store(_) | RetrieveError::TimedOut(_))
     }
 }
 
-/// Parses and runs `text` against `store`, merging all shards.
+/// What one store query may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// The most stored rows it reads (every shard's, before merging).
+    pub max_rows: usize,
+    /// The longest it runs.
+    pub timeout: Duration,
+}
+
+impl Default for QueryLimits {
+    /// 1,000,000 rows, 30 s.
+    fn default() -> QueryLimits {
+        QueryLimits {
+            max_rows: 1_000_000,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Parses and runs `text` against `store`, merging all shards, within the default
+/// [`QueryLimits`].
 pub async fn run(catalog: &Catalog, store: &Store, text: &str) -> Result<ResultSet, RetrieveError> {
+    run_within(catalog, store, text, QueryLimits::default()).await
+}
+
+/// Parses and runs `text` against `store`, merging all shards, within `limits`.
+pub async fn run_within(
+    catalog: &Catalog,
+    store: &Store,
+    text: &str,
+    limits: QueryLimits,
+) -> Result<ResultSet, RetrieveError> {
+    tokio::time::timeout(
+        limits.timeout,
+        run_unbounded(catalog, store, text, limits.max_rows),
+    )
+    .await
+    .unwrap_or(Err(RetrieveError::TimedOut(limits.timeout)))
+}
+
+async fn run_unbounded(
+    catalog: &Catalog,
+    store: &Store,
+    text: &str,
+    max_rows: usize,
+) -> Result<ResultSet, RetrieveError> {
     let q = StoreQuery::parse(text).map_err(|e| RetrieveError::Parse(e.to_string()))?;
     let Some((_, layout)) = catalog.aggregation(&q.aggregation) else {
         return Err(RetrieveError::UnknownAggregation {
@@ -62,6 +134,8 @@ pub async fn run(catalog: &Catalog, store: &Store, text: &str) -> Result<ResultS
                 .join(", ")
         )));
     }
-    let rows = store.fetch(layout, q.per, q.start_ms, q.end_ms).await?;
+    let rows = store
+        .fetch_at_most(layout, q.per, q.start_ms, q.end_ms, max_rows)
+        .await?;
     query::execute(&q, layout, rows).map_err(|e| RetrieveError::Query(e.to_string()))
 }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use shardtally_publisher::protocol::Value;
 use sqlx::any::AnyPoolOptions;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -586,6 +587,20 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<StoredRow>, StoreError> {
+        self.fetch_at_most(layout, per, start_ms, end_ms, usize::MAX)
+            .await
+    }
+
+    /// [`Store::fetch`], failing with [`StoreError::TooManyRows`] — having held no more than
+    /// `max_rows` rows — when the range holds more.
+    pub async fn fetch_at_most(
+        &self,
+        layout: &Layout,
+        per: Granularity,
+        start_ms: i64,
+        end_ms: i64,
+        max_rows: usize,
+    ) -> Result<Vec<StoredRow>, StoreError> {
         if !layout.granularities.contains(&per) {
             return Err(StoreError::GranularityNotKept {
                 aggregation: layout.aggregation.clone(),
@@ -594,13 +609,25 @@ impl Store {
         }
         let def = TableDef::new(layout, per, layout.partitioned)?;
         let sql = self.dialect.fetch(&def);
-        let rows = sqlx::query(&sql)
+        let mut rows = sqlx::query(&sql)
             .bind(start_ms)
             .bind(end_ms)
-            .fetch_all(&self.pool)
+            .fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(row) = rows
+            .try_next()
             .await
-            .map_err(StoreError::db(format!("reading {}", def.name)))?;
-        rows.iter().map(|r| decode_row(&def, layout, r)).collect()
+            .map_err(StoreError::db(format!("reading {}", def.name)))?
+        {
+            if out.len() == max_rows {
+                return Err(StoreError::TooManyRows {
+                    table: def.name.clone(),
+                    max: max_rows,
+                });
+            }
+            out.push(decode_row(&def, layout, &row)?);
+        }
+        Ok(out)
     }
 
     /// Deletes the rows of one granularity with `AGG_TIMESTAMP < before_ms`; returns how many.

@@ -153,6 +153,14 @@ pub enum StoreError {
         /// Values in the row.
         got: usize,
     },
+    /// A fetch would read more rows than its caller allows.
+    #[error("more than {max} rows in `{table}` in the range")]
+    TooManyRows {
+        /// The table read.
+        table: String,
+        /// The most rows allowed.
+        max: usize,
+    },
     /// A delta or a fetch names a granularity the layout does not keep.
     #[error("aggregation `{aggregation}` does not keep {granularity} buckets")]
     GranularityNotKept {

@@ -28,13 +28,18 @@ const TOKEN: &str = "s3cret-token";
 
 /// A worker requiring [`TOKEN`], with short handshake and idle timeouts.
 fn start_protected(db_url: &str) -> WorkerProc {
+    start_protected_with(db_url, "")
+}
+
+/// [`start_protected`], with more `shardtally:` settings (indented lines).
+fn start_protected_with(db_url: &str, settings: &str) -> WorkerProc {
     let dir = scratch_dir();
     let token = dir.join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
     let config = dir.join("deployment.yaml");
     std::fs::write(
         &config,
-        "shardtally:\n  handshake_timeout: 2s\n  idle_timeout: 4s\n",
+        format!("shardtally:\n  handshake_timeout: 2s\n  idle_timeout: 4s\n{settings}"),
     )
     .expect("config");
     let mut args = serve_args(db_url, "node-h");
@@ -264,7 +269,8 @@ async fn with_a_token_the_query_and_metrics_endpoints_need_it_and_health_does_no
 async fn a_silent_http_connection_is_closed_at_the_idle_timeout() {
     let db = TestDb::fresh(Backend::Sqlite).await;
     let w = start_protected(&db.url); // idle_timeout: 4s
-    // Half a request line, then silence (slowloris).
+    // Half a request line, then silence (slowloris): closed at the head's 2 s handshake timeout,
+    // or at the latest at the idle timeout.
     let mut slow = TcpStream::connect(w.http).expect("connect");
     slow.write_all(b"GET /health HT").expect("write");
     let started = Instant::now();
@@ -281,6 +287,153 @@ async fn a_silent_http_connection_is_closed_at_the_idle_timeout() {
     assert_eq!(http(w.http, "GET", "/health", "").0, 200);
     drop(w);
     db.cleanup().await;
+}
+
+/// Sends `head`, then `trickle` one byte every 300 ms (well inside the 4 s idle timeout) from
+/// another thread, while reading what the worker answers. Returns the answer and whether the
+/// worker closed the connection while bytes were still arriving.
+fn trickle(w: &WorkerProc, head: &str, trickle: &[u8]) -> (String, bool) {
+    let mut conn = TcpStream::connect(w.http).expect("connect");
+    conn.write_all(head.as_bytes()).expect("head");
+    let mut writer = conn.try_clone().expect("clone");
+    let bytes = trickle.to_vec();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender_done = done.clone();
+    let sender = std::thread::spawn(move || {
+        for b in bytes {
+            std::thread::sleep(Duration::from_millis(300));
+            if writer.write_all(&[b]).is_err() {
+                return;
+            }
+        }
+        sender_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    conn.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut conn, &mut answer);
+    let cut_off = !done.load(std::sync::atomic::Ordering::SeqCst);
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+    let _ = sender.join();
+    (String::from_utf8_lossy(&answer).into_owned(), cut_off)
+}
+
+/// Slowloris that keeps the connection busy: a request's head or body that trickles in a byte at
+/// a time never lets the idle timeout fire, so each has the handshake timeout (2 s) to arrive
+/// whole; the 60 bytes here would take 18 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_trickled_in_is_cut_off_at_the_handshake_timeout_head_or_body() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = start_protected(&db.url); // handshake_timeout: 2s, idle_timeout: 4s
+    let (answer, cut_off) = trickle(&w, "GET /health HTTP/1.1\r\n", &[b'x'; 60]);
+    assert!(
+        cut_off,
+        "the head arrived whole before the worker gave up: {answer:?}"
+    );
+    let body = "x".repeat(60);
+    let head = format!(
+        "POST /stores/query HTTP/1.1\r\nHost: w\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let (answer, cut_off) = trickle(&w, &head, body.as_bytes());
+    assert!(cut_off, "{answer:?}");
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer:?}"
+    );
+    assert!(
+        answer.contains("the request body did not arrive within 2s (handshake_timeout)"),
+        "{answer:?}"
+    );
+    // The HTTP side still answers.
+    assert_eq!(http(w.http, "GET", "/health", "").0, 200);
+    drop(w);
+    db.cleanup().await;
+}
+
+/// `POST /stores/query` with the token; (status, body).
+fn store_query(w: &WorkerProc, query: &str) -> (u16, String) {
+    let body = serde_json::json!({ "appName": "APIM_ANALYTICS_GEO", "query": query }).to_string();
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    http_with(w.http, "POST", "/stores/query", &auth, &body)
+}
+
+/// A query whose range holds more stored rows than `max_query_rows` is a 400 that says how to
+/// narrow it, having read no more than that; a coarser `per` over the same events answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_reading_more_than_max_query_rows_is_a_400() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = start_protected_with(&db.url, "  max_query_rows: 5\n");
+    let p = geo_publisher(&format!("{{{}}}", w.endpoint()), TOKEN);
+    publish_rows(&p, &naples_rows(7)).await;
+    p.flush().await.expect("flush");
+    let seconds = r#"from GeoLocationAgg within "2026-11-20 10:**:**" per "seconds" select country, sum(totalRequestCount) as n group by country"#;
+    let (status, text) = store_query(&w, seconds);
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains(
+            "the query reads more than 5 stored rows of `GeoLocationAgg_SECONDS` \
+             (max_query_rows); narrow `within` or use a coarser `per`"
+        ),
+        "{text}"
+    );
+    let (status, text) = store_query(&w, &seconds.replace("\"seconds\"", "\"hours\""));
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v, serde_json::json!({ "records": [["Italy", 7]] }));
+    p.close(Duration::from_secs(10)).await.expect("close");
+    drop(w);
+    db.cleanup().await;
+}
+
+/// A query the database does not answer in time (its table locked by another session) is a 503
+/// at `query_timeout`; the same query answers once the lock is gone. On PostgreSQL and
+/// MySQL/MariaDB (SQLite readers are not blocked by a writer in WAL mode).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_the_database_does_not_answer_is_a_503_at_query_timeout() {
+    for backend in crate::common::backends() {
+        let (lock, unlock) = match backend {
+            Backend::Sqlite => continue,
+            Backend::Postgres => (
+                r#"BEGIN; LOCK TABLE "GeoLocationAgg_HOURS" IN ACCESS EXCLUSIVE MODE"#,
+                "ROLLBACK",
+            ),
+            Backend::MySql => ("LOCK TABLES `GeoLocationAgg_HOURS` WRITE", "UNLOCK TABLES"),
+        };
+        let db = TestDb::fresh(backend).await;
+        let w = start_protected_with(&db.url, "  query_timeout: 1s\n");
+        let p = geo_publisher(&format!("{{{}}}", w.endpoint()), TOKEN);
+        publish_rows(&p, &naples_rows(7)).await;
+        p.flush().await.expect("flush");
+        let mut holder = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+            .await
+            .expect("connect");
+        sqlx::raw_sql(lock)
+            .execute(&mut holder)
+            .await
+            .expect("lock");
+        let (status, text) = store_query(&w, HOUR_QUERY);
+        assert_eq!(status, 503, "{backend:?}: {text}");
+        assert!(
+            text.contains("the query did not finish within 1s (query_timeout)"),
+            "{backend:?}: {text}"
+        );
+        sqlx::raw_sql(unlock)
+            .execute(&mut holder)
+            .await
+            .expect("unlock");
+        let (status, text) = store_query(&w, HOUR_QUERY);
+        assert_eq!(status, 200, "{backend:?}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({ "records": [["Italy", "Naples", 7]] })
+        );
+        drop(holder);
+        p.close(Duration::from_secs(10)).await.expect("close");
+        drop(w);
+        db.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
