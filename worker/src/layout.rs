@@ -132,34 +132,33 @@ impl AggRow {
     /// Adds `other` (same bucket and keys) into `self`: counts and sums add, min/max keep the
     /// extreme (null loses), latest values come from whichever saw the later event (ties: `other`,
     /// the newer write, wins — the same rule as the SQL upsert).
-    pub fn merge(&mut self, other: &AggRow, layout: &Layout) {
-        self.count += other.count;
+    ///
+    /// Fails, naming the column (`AGG_COUNT`, `AGG_SUM_x`), when the count or a sum of longs
+    /// would leave the 64-bit range; `self` is then partly merged.
+    pub fn merge(&mut self, other: &AggRow, layout: &Layout) -> Result<(), String> {
+        self.count = self
+            .count
+            .checked_add(other.count)
+            .ok_or_else(|| "AGG_COUNT".to_owned())?;
         for ((mine, theirs), m) in self
             .measures
             .iter_mut()
             .zip(&other.measures)
             .zip(&layout.measures)
         {
-            *mine = combine(m.kind, mine, theirs);
+            *mine = checked_combine(m.kind, mine, theirs).ok_or_else(|| m.column.clone())?;
         }
         if other.last_event_ts >= self.last_event_ts {
             self.last_event_ts = other.last_event_ts;
             self.latest.clone_from(&other.latest);
         }
+        Ok(())
     }
 }
 
-/// Combines two measure values by `kind`. Numeric types are those of the layout; a null on either
-/// side yields the other. A sum of longs out of the 64-bit range wraps (as Siddhi's Java `long`
-/// does); [`checked_combine`] says so instead.
-pub fn combine(kind: MeasureKind, a: &Value, b: &Value) -> Value {
-    checked_combine(kind, a, b).unwrap_or_else(|| match (a, b) {
-        (Value::Long(x), Value::Long(y)) => Value::Long(x.wrapping_add(*y)),
-        _ => Value::Null,
-    })
-}
-
-/// [`combine`], or `None` when a sum of longs leaves the 64-bit range.
+/// Combines two measure values by `kind`, or `None` when a sum of longs leaves the 64-bit range
+/// (never a wrapped total). Numeric types are those of the layout; a null on either side yields
+/// the other.
 pub fn checked_combine(kind: MeasureKind, a: &Value, b: &Value) -> Option<Value> {
     use Value::*;
     Some(match (a, b) {

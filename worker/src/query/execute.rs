@@ -74,6 +74,10 @@ pub enum QueryError {
     /// condition that is not a bool, …).
     #[error("{0}")]
     Invalid(ParseError),
+    /// A count or a sum of longs, merged across shards or summed over a group, leaves the 64-bit
+    /// range (never a wrapped answer).
+    #[error("{0} leaves the 64-bit range of a long")]
+    Overflow(String),
 }
 
 impl StoreQuery {
@@ -135,7 +139,7 @@ pub fn execute(
     rows: Vec<StoredRow>,
 ) -> Result<ResultSet, QueryError> {
     let plan = compile(query, layout)?;
-    let merged = merge_shards(rows, layout, query.start_ms, query.end_ms);
+    let merged = merge_shards(rows, layout, query.start_ms, query.end_ms)?;
     let records: Vec<Vec<Value>> = merged
         .iter()
         .map(|r| record(r, layout))
@@ -172,7 +176,7 @@ pub fn execute(
             let mut row = records[last].clone();
             row.resize(width, Value::Null);
             for (s, slot) in plan.aggs.iter().enumerate() {
-                row[plan.n_in + m + s] = aggregate(slot, &members, &records);
+                row[plan.n_in + m + s] = aggregate(slot, &members, &records)?;
             }
             finish(row, &mut out);
         }
@@ -445,7 +449,12 @@ fn compile(query: &StoreQuery, layout: &Layout) -> Result<Plan, QueryError> {
 }
 
 /// Merges the shards' rows of each `(bucket, keys)` in `[start, end)`, in bucket order.
-fn merge_shards(mut rows: Vec<StoredRow>, layout: &Layout, start: i64, end: i64) -> Vec<AggRow> {
+fn merge_shards(
+    mut rows: Vec<StoredRow>,
+    layout: &Layout,
+    start: i64,
+    end: i64,
+) -> Result<Vec<AggRow>, QueryError> {
     rows.retain(|r| (start..end).contains(&r.row.bucket));
     rows.sort_by(|a, b| {
         a.row
@@ -461,12 +470,14 @@ fn merge_shards(mut rows: Vec<StoredRow>, layout: &Layout, start: i64, end: i64)
                 if last.bucket == r.row.bucket
                     && keys_cmp(&last.keys, &r.row.keys) == Ordering::Equal =>
             {
-                last.merge(&r.row, layout);
+                last.merge(&r.row, layout).map_err(|column| {
+                    QueryError::Overflow(format!("`{column}` of the shards' rows merged"))
+                })?;
             }
             _ => out.push(r.row),
         }
     }
-    out
+    Ok(out)
 }
 
 /// `AGG_TIMESTAMP`, then the aggregation's outputs, typed as the layout says.
@@ -497,23 +508,35 @@ fn record(r: &AggRow, layout: &Layout) -> Vec<Value> {
 }
 
 /// One aggregate call over a group's records.
-fn aggregate(slot: &AggSlot, members: &[usize], records: &[Vec<Value>]) -> Value {
+fn aggregate(
+    slot: &AggSlot,
+    members: &[usize],
+    records: &[Vec<Value>],
+) -> Result<Value, QueryError> {
     let values = || {
         members.iter().filter_map(|&i| {
             let v = slot.arg.as_ref()?.eval(records[i].as_slice());
             (!v.is_null()).then_some(v)
         })
     };
-    match slot.func {
+    Ok(match slot.func {
         AggFunc::Count => Value::Long(i64::try_from(members.len()).unwrap_or(i64::MAX)),
-        AggFunc::Sum if slot.ty == AttrType::Long => values()
-            .filter_map(|v| match v {
-                ValueRef::Int(x) => Some(i64::from(x)),
-                ValueRef::Long(x) => Some(x),
-                _ => None,
-            })
-            .reduce(i64::wrapping_add)
-            .map_or(Value::Null, Value::Long),
+        AggFunc::Sum if slot.ty == AttrType::Long => {
+            let mut sum = None;
+            for v in values() {
+                let x = match v {
+                    ValueRef::Int(x) => i64::from(x),
+                    ValueRef::Long(x) => x,
+                    _ => continue,
+                };
+                sum = Some(match sum {
+                    None => x,
+                    Some(s) => i64::checked_add(s, x)
+                        .ok_or_else(|| QueryError::Overflow("a `sum` over a group".to_owned()))?,
+                });
+            }
+            sum.map_or(Value::Null, Value::Long)
+        }
         AggFunc::Sum => values()
             .map(as_f64)
             .reduce(|a, b| a + b)
@@ -532,7 +555,7 @@ fn aggregate(slot: &AggSlot, members: &[usize], records: &[Vec<Value>]) -> Value
         AggFunc::Max => values()
             .max_by(|a, b| sort_cmp(*a, *b))
             .map_or(Value::Null, |v| coerce(v, slot.ty)),
-    }
+    })
 }
 
 #[cfg(test)]

@@ -311,8 +311,8 @@ async fn deltas_add_exactly() {
         );
         // The same result as the engine's merge rule.
         let mut merged = expected(hour);
-        merged.merge(&d3.rows[0].1[0], &layout);
-        merged.merge(&d4.rows[0].1[0], &layout);
+        merged.merge(&d3.rows[0].1[0], &layout).expect("in range");
+        merged.merge(&d4.rows[0].1[0], &layout).expect("in range");
         assert_eq!(rows[0].row, merged);
         // Other granularities were not touched by batches 3 and 4.
         assert_eq!(
@@ -488,7 +488,7 @@ async fn every_type_round_trips() {
         }
         let rows = all_rows(&store, &layout, Granularity::Seconds).await;
         let mut expected = first.clone();
-        expected.merge(&second, &layout);
+        expected.merge(&second, &layout).expect("in range");
         assert_eq!(
             expected.measures,
             vec![

@@ -665,7 +665,9 @@ fn incremental(src: &str, events: &[Ev], cuts: &[usize]) -> (Layout, BTreeMap<Ke
             }
             for r in rows {
                 match merged.entry(key_of(*g, r)) {
-                    std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().merge(r, &l),
+                    std::collections::btree_map::Entry::Occupied(mut o) => {
+                        o.get_mut().merge(r, &l).expect("in range");
+                    }
                     std::collections::btree_map::Entry::Vacant(v) => {
                         v.insert(r.clone());
                     }
@@ -710,7 +712,9 @@ proptest! {
                 let mut r = r.clone();
                 r.bucket = coarse.bucket_start(r.bucket);
                 match rolled.entry(key_of(coarse, &r)) {
-                    std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().merge(&r, &l),
+                    std::collections::btree_map::Entry::Occupied(mut o) => {
+                        o.get_mut().merge(&r, &l).expect("in range");
+                    }
                     std::collections::btree_map::Entry::Vacant(v) => {
                         v.insert(r);
                     }

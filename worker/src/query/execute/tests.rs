@@ -801,3 +801,51 @@ fn seed_queries_run() {
         st.ok(q);
     }
 }
+
+/// A long sum or count past 64 bits — merged across shards, or summed over a group — is an error
+/// naming it, never a wrapped total.
+#[test]
+fn sums_past_64_bits_are_an_error_when_shards_merge_or_groups_sum() {
+    let src = app("define aggregation stockAggregation from stockStream
+        select symbol, sum(volume) as totalVolume
+        group by symbol aggregate by timestamp every sec...hour;");
+    let big = i64::MAX - 10;
+    // One second, one event on each of two shards: each row is in range, their merge is not.
+    let s = store(
+        &src,
+        &[
+            stock("WSO2", 1.0, None, big, 1, 1_496_289_950_000),
+            stock("WSO2", 1.0, None, 20, 1, 1_496_289_950_000),
+        ],
+        2,
+    );
+    assert_eq!(
+        s.err(r#"from stockAggregation within 0L, 1600000000000L per "seconds" select symbol, totalVolume"#),
+        "`AGG_SUM_volume` of the shards' rows merged leaves the 64-bit range of a long"
+    );
+    // Two seconds, one on each shard (so that neither shard's minute row overflows): each row is
+    // in range, their sum over the group is not.
+    let s = store(
+        &src,
+        &[
+            stock("WSO2", 1.0, None, big, 1, 1_496_289_950_000),
+            stock("WSO2", 1.0, None, 20, 1, 1_496_289_951_000),
+        ],
+        2,
+    );
+    let q = r#"from stockAggregation within 0L, 1600000000000L per "seconds" select symbol, sum(totalVolume) as v group by symbol"#;
+    assert_eq!(
+        s.err(q),
+        "a `sum` over a group leaves the 64-bit range of a long"
+    );
+    // In range, the same query answers exactly.
+    let s = store(
+        &src,
+        &[
+            stock("WSO2", 1.0, None, big, 1, 1_496_289_950_000),
+            stock("WSO2", 1.0, None, 10, 1, 1_496_289_951_000),
+        ],
+        1,
+    );
+    assert_eq!(s.ok(q).rows, vec![vec![Value::from("WSO2"), l(i64::MAX)]]);
+}
