@@ -178,10 +178,15 @@ pub(crate) async fn serve(
     tracker.wait().await;
 }
 
+/// The longest HELLO a worker reads (the `len` field): an unauthenticated peer cannot make it
+/// buffer a batch-sized frame.
+pub(crate) const MAX_HELLO_LEN: usize = 64 * 1024;
+
+/// A framed connection that reads frames up to [`MAX_HELLO_LEN`] until the HELLO is accepted.
 fn framed<S: AsyncRead + AsyncWrite>(shared: &Shared, stream: S) -> Framed<S, FrameCodec> {
     Framed::new(
         stream,
-        FrameCodec::new(shared.settings.max_frame_len as usize),
+        FrameCodec::new(MAX_HELLO_LEN.min(shared.settings.max_frame_len as usize)),
     )
 }
 
@@ -350,6 +355,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         return Err("bad publisher id".into());
     }
     let publisher_id: Arc<str> = hello.publisher_id.into();
+    framed
+        .codec_mut()
+        .set_max_frame_len(s.max_frame_len as usize);
     let welcome = Welcome {
         version: PROTOCOL_VERSION,
         node_id: s.node_id.clone(),

@@ -351,6 +351,59 @@ async fn a_request_trickled_in_is_cut_off_at_the_handshake_timeout_head_or_body(
     db.cleanup().await;
 }
 
+/// A length prefix announcing a 1 MiB HELLO is refused at once (ERROR `FrameTooLarge`), not
+/// buffered until the handshake timeout: before it is authenticated, a peer's frames are limited
+/// to 64 KiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hello_longer_than_64_kib_is_refused_before_it_is_read() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = start_protected(&db.url); // handshake_timeout: 2s
+    let mut socket = tokio::net::TcpStream::connect(w.listen)
+        .await
+        .expect("connect");
+    let mut head = (1u32 << 20).to_be_bytes().to_vec();
+    head.push(0x01);
+    tokio::io::AsyncWriteExt::write_all(&mut socket, &head)
+        .await
+        .expect("head");
+    let mut framed = Framed::new(socket, FrameCodec::default());
+    let reply = tokio::time::timeout(Duration::from_secs(10), framed.next()).await;
+    match reply {
+        Ok(Some(Ok(Frame::Error { code, message }))) => {
+            assert_eq!(code, ErrorCode::FrameTooLarge, "{message}");
+            assert!(message.contains("65536"), "{message}");
+        }
+        other => panic!("expected ERROR FrameTooLarge, got {other:?}"),
+    }
+    // Once HELLO is accepted, frames up to max_frame_len (16 MiB) are read again.
+    let socket = tokio::net::TcpStream::connect(w.listen)
+        .await
+        .expect("connect");
+    let mut framed = Framed::new(socket, FrameCodec::default());
+    framed.send(hello(TOKEN)).await.expect("hello");
+    let welcome = tokio::time::timeout(Duration::from_secs(10), framed.next()).await;
+    assert!(
+        matches!(welcome, Ok(Some(Ok(Frame::Welcome(_))))),
+        "{welcome:?}"
+    );
+    let mut enc = BatchEncoder::new("geoTempStream", &GEO_COLUMNS).expect("encoder");
+    for row in naples_rows(2_000) {
+        let refs: Vec<_> = row.iter().map(Value::as_ref).collect();
+        enc.push_event(&refs).expect("push");
+    }
+    let batch = enc.finish(1);
+    assert!(batch.len() > 64 * 1024, "{} bytes", batch.len());
+    framed.send(batch).await.expect("batch");
+    let ack = tokio::time::timeout(Duration::from_secs(10), framed.next()).await;
+    assert!(
+        matches!(ack, Ok(Some(Ok(Frame::Ack { seq: 1 })))),
+        "{ack:?}"
+    );
+    assert_eq!(query_records(&db.url, HOUR_QUERY), naples_hour(2_000));
+    drop(w);
+    db.cleanup().await;
+}
+
 /// `POST /stores/query` with the token; (status, body).
 fn store_query(w: &WorkerProc, query: &str) -> (u16, String) {
     let body = serde_json::json!({ "appName": "APIM_ANALYTICS_GEO", "query": query }).to_string();
