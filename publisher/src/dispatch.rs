@@ -68,6 +68,25 @@ struct InBatch {
     failed: bool,
 }
 
+impl InBatch {
+    /// A batch pending in each of `groups` groups.
+    fn new(batch: SealedBatch, groups: usize) -> InBatch {
+        InBatch {
+            batch,
+            slots: vec![
+                Slot::Pending {
+                    avoid: None,
+                    sends: 0
+                };
+                groups
+            ],
+            unresolved: groups,
+            in_flight_groups: 0,
+            failed: false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Group {
     mode: GroupMode,
@@ -259,22 +278,7 @@ impl Dispatcher {
         for g in &mut self.groups {
             g.pending.push_back(seq);
         }
-        self.batches.insert(
-            seq,
-            InBatch {
-                batch,
-                slots: vec![
-                    Slot::Pending {
-                        avoid: None,
-                        sends: 0
-                    };
-                    n
-                ],
-                unresolved: n,
-                in_flight_groups: 0,
-                failed: false,
-            },
-        );
+        self.batches.insert(seq, InBatch::new(batch, n));
     }
 
     fn on_conn_event(&mut self, ev: ConnEvent) {
@@ -668,22 +672,7 @@ impl Dispatcher {
                 group.pending.push_front(part_seq);
             }
             self.parts.insert(part_seq, origin);
-            self.batches.insert(
-                part_seq,
-                InBatch {
-                    batch: part,
-                    slots: vec![
-                        Slot::Pending {
-                            avoid: None,
-                            sends: 0
-                        };
-                        n
-                    ],
-                    unresolved: n,
-                    in_flight_groups: 0,
-                    failed: false,
-                },
-            );
+            self.batches.insert(part_seq, InBatch::new(part, n));
         }
     }
 
