@@ -68,6 +68,13 @@ struct InBatch {
     failed: bool,
 }
 
+/// Whether a batch was never sent in any group (so its seq can be given up for parts').
+fn never_sent(b: &InBatch) -> bool {
+    b.slots
+        .iter()
+        .all(|s| matches!(s, Slot::Pending { sends: 0, .. }))
+}
+
 impl InBatch {
     /// A batch pending in each of `groups` groups.
     fn new(batch: SealedBatch, groups: usize) -> InBatch {
@@ -550,6 +557,15 @@ impl Dispatcher {
                     self.groups[g].pending.pop_front();
                     continue;
                 };
+                // Before its first send anywhere, a batch that some group's healthy members all
+                // decline is split for all groups at once; once sent, it can no longer be. (The
+                // parts go to the front of the queues; the batch's own entry is skipped later.)
+                if never_sent(b) && !self.admitted_in_every_group(&b.batch) && self.split(seq) {
+                    continue;
+                }
+                let Some(b) = self.batches.get(&seq) else {
+                    continue;
+                };
                 let avoid = avoid.and_then(|a| self.groups[g].members.iter().position(|&x| x == a));
                 let mut declined = false;
                 let views: Vec<MemberView> = self.groups[g]
@@ -569,9 +585,11 @@ impl Dispatcher {
                 let group = &mut self.groups[g];
                 let Some(choice) = pick(group.mode, &views, &mut group.cursor, avoid) else {
                     if declined && !views.iter().any(|v| v.healthy) {
-                        // Healthy members, none of which admits this batch.
-                        self.groups[g].pending.pop_front();
-                        self.split_or_park(seq, g);
+                        // Healthy members, none of which admits this batch: split it if it
+                        // can be, else park it until a member that admits it comes up.
+                        if !self.split(seq) {
+                            self.park(seq, g);
+                        }
                         continue;
                     }
                     break;
@@ -607,52 +625,50 @@ impl Dispatcher {
         }
     }
 
-    /// A batch that no healthy member of group `g` admits: split into parts that every healthy
-    /// member of the group admits, if it was never sent in any group; otherwise (or if it is one
-    /// event) parked until a member that admits it comes up.
-    fn split_or_park(&mut self, seq: u64, g: usize) {
+    /// Whether, in every group with a healthy member, some healthy member admits `b`.
+    fn admitted_in_every_group(&self, b: &SealedBatch) -> bool {
+        self.groups.iter().all(|group| {
+            let mut healthy = group
+                .members
+                .iter()
+                .map(|&i| &self.members[i])
+                .filter(|m| m.state == EndpointState::Connected)
+                .peekable();
+            healthy.peek().is_none() || healthy.any(|m| m.limits.is_some_and(|l| l.admit(b)))
+        })
+    }
+
+    /// Replaces a batch that was never sent in any group by parts that every healthy member
+    /// admits, at the front of every group's queue. `false` (nothing done) when it was sent
+    /// already, is one event, no limits are known, or it fits them whole.
+    fn split(&mut self, seq: u64) -> bool {
         let Some(b) = self.batches.get(&seq) else {
-            return;
+            return false;
         };
-        let never_sent = b
-            .slots
-            .iter()
-            .all(|s| matches!(s, Slot::Pending { sends: 0, .. }));
-        let limits = self.groups[g]
+        // The parts replace the batch in every group: they fit every healthy member.
+        let limits = self
             .members
             .iter()
-            .filter(|&&i| self.members[i].state == EndpointState::Connected)
-            .filter_map(|&i| self.members[i].limits)
+            .filter(|m| m.state == EndpointState::Connected)
+            .filter_map(|m| m.limits)
             .reduce(BatchLimits::min);
-        let parts = match limits {
-            Some(limits) if never_sent && b.batch.events > 1 => {
-                self.shared.lock_batcher().split(&b.batch, limits)
-            }
-            _ => Ok(Vec::new()),
+        let Some(limits) = limits.filter(|_| never_sent(b) && b.batch.events > 1) else {
+            return false;
         };
-        let parts = match parts {
+        let split = self.shared.lock_batcher().split(&b.batch, limits);
+        let parts = match split {
             Ok(parts) if parts.len() > 1 => parts,
-            Ok(_) => {
-                tracing::warn!(
-                    seq,
-                    events = b.batch.events,
-                    bytes = b.batch.frame.len(),
-                    "no healthy worker accepts a batch this large (max_batch_events / \
-                     max_frame_len); it waits for one that does"
-                );
-                self.groups[g].parked.push(seq);
-                return;
-            }
+            Ok(_) => return false,
             Err(e) => {
                 // Cannot happen: the frame was encoded by this publisher.
                 self.fail_batch(seq, FAILED_REJECTED, || {
                     format!("could not be split to fit a worker's limits: {e}")
                 });
-                return;
+                return true;
             }
         };
         let Some(whole) = self.batches.remove(&seq) else {
-            return;
+            return false;
         };
         let origin = self.parts.remove(&seq).unwrap_or(seq);
         tracing::debug!(
@@ -674,6 +690,23 @@ impl Dispatcher {
             self.parts.insert(part_seq, origin);
             self.batches.insert(part_seq, InBatch::new(part, n));
         }
+        true
+    }
+
+    /// Takes the batch at the front of group `g`'s queue aside until a member of the group
+    /// comes up.
+    fn park(&mut self, seq: u64, g: usize) {
+        if let Some(b) = self.batches.get(&seq) {
+            tracing::warn!(
+                seq,
+                events = b.batch.events,
+                bytes = b.batch.frame.len(),
+                "no healthy worker accepts a batch this large (max_batch_events / \
+                 max_frame_len); it waits for one that does"
+            );
+        }
+        self.groups[g].pending.pop_front();
+        self.groups[g].parked.push(seq);
     }
 
     fn housekeeping(&mut self, now: Instant) {

@@ -280,11 +280,11 @@ async fn open(common: &Common) -> Result<(WorkerConfig, Catalog, Store), u8> {
 }
 
 async fn query(a: QueryArgs) -> u8 {
-    let (_, catalog, store) = match open(&a.common).await {
+    let (config, catalog, store) = match open(&a.common).await {
         Ok(x) => x,
         Err(code) => return code,
     };
-    match crate::retrieve::run(&catalog, &store, &a.query).await {
+    match crate::retrieve::run_within(&catalog, &store, &a.query, config.query_limits).await {
         Ok(rs) => {
             print!("{}", render(&rs, a.format));
             0

@@ -115,6 +115,9 @@ impl GuardedListener {
                 }
             });
         }
+        // No new connections while the open ones finish: the accept task ends and the port
+        // refuses, so clients go to another worker.
+        drop(self);
         connections.close();
         connections.wait().await;
     }

@@ -434,6 +434,25 @@ async fn a_query_reading_more_than_max_query_rows_is_a_400() {
     assert_eq!(status, 200, "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).expect("json");
     assert_eq!(v, serde_json::json!({ "records": [["Italy", 7]] }));
+    // `shardtally-worker query` reads the same limit from the same configuration.
+    let config = scratch_dir().join("deployment.yaml");
+    std::fs::write(&config, "shardtally:\n  max_query_rows: 5\n").expect("config");
+    let config = config.display().to_string();
+    let (code, _, err) = crate::cluster::run_cli(&[
+        "query",
+        "--database-url",
+        &db.url,
+        "--partition-by-id",
+        "true",
+        "--config",
+        &config,
+        seconds,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("the query reads more than 5 stored rows of `GeoLocationAgg_SECONDS`"),
+        "{err}"
+    );
     p.close(Duration::from_secs(10)).await.expect("close");
     drop(w);
     db.cleanup().await;
