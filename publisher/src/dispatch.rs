@@ -13,10 +13,10 @@
 //! queue, marked to avoid that member while another is healthy.
 //!
 //! A batch is sent only to a member whose announced limits (WELCOME's `max_batch_events`,
-//! `max_frame_len`) admit it. One that no healthy member admits — sealed before a smaller-limit
-//! worker was heard from — is split into parts that fit, under fresh seqs, if it was never sent
-//! (so its own seq can never be committed); otherwise it is parked until a member that admits it
-//! comes up (or its delivery deadline).
+//! `max_frame_len`) admit it. One that every healthy member of some group declines — sealed
+//! before a smaller-limit worker was heard from — is split into parts that fit, under fresh
+//! seqs, if it was never sent in any group (so its own seq can never be committed); otherwise it
+//! is parked in that group until a member that admits it comes up (or its delivery deadline).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -585,11 +585,10 @@ impl Dispatcher {
                 let group = &mut self.groups[g];
                 let Some(choice) = pick(group.mode, &views, &mut group.cursor, avoid) else {
                     if declined && !views.iter().any(|v| v.healthy) {
-                        // Healthy members, none of which admits this batch: split it if it
-                        // can be, else park it until a member that admits it comes up.
-                        if !self.split(seq) {
-                            self.park(seq, g);
-                        }
+                        // Healthy members, none of which admits this batch, and it cannot be
+                        // split (that was tried above): park it until a member that admits it
+                        // comes up.
+                        self.park(seq, g);
                         continue;
                     }
                     break;

@@ -96,13 +96,13 @@ pub async fn run_within(
 ) -> Result<ResultSet, RetrieveError> {
     tokio::time::timeout(
         limits.timeout,
-        run_unbounded(catalog, store, text, limits.max_rows),
+        run_untimed(catalog, store, text, limits.max_rows),
     )
     .await
     .unwrap_or(Err(RetrieveError::TimedOut(limits.timeout)))
 }
 
-async fn run_unbounded(
+async fn run_untimed(
     catalog: &Catalog,
     store: &Store,
     text: &str,

@@ -515,24 +515,20 @@ async fn a_query_nested_without_bound_is_a_400_and_the_worker_goes_on() {
     let p = geo_publisher(&format!("{{{}}}", w.endpoint()), TOKEN);
     publish_rows(&p, &naples_rows(7)).await;
     p.flush().await.expect("flush");
-    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
     // 8,000 postfix `is null`s fit in the 64 KiB body: as a tree that deep, checking or
     // evaluating it would overflow the stack of the worker's runtime thread — the whole process.
     let deep = format!(
         "from GeoLocationAgg within 0, 4102444800000 per \"hours\" select AGG_TIMESTAMP{} as n",
         " is null".repeat(8_000)
     );
-    let body = serde_json::json!({ "appName": "APIM_ANALYTICS_GEO", "query": deep }).to_string();
-    let (status, text) = http_with(w.http, "POST", "/stores/query", &auth, &body);
+    let (status, text) = store_query(&w, &deep);
     assert_eq!(status, 400, "{text}");
     assert!(
         text.contains("expression has more than 256 operators"),
         "{text}"
     );
     // Still up, and still exact.
-    let body =
-        serde_json::json!({ "appName": "APIM_ANALYTICS_GEO", "query": HOUR_QUERY }).to_string();
-    let (status, text) = http_with(w.http, "POST", "/stores/query", &auth, &body);
+    let (status, text) = store_query(&w, HOUR_QUERY);
     assert_eq!(status, 200, "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).expect("json");
     assert_eq!(
