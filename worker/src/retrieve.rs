@@ -94,19 +94,21 @@ pub async fn run_within(
     text: &str,
     limits: QueryLimits,
 ) -> Result<ResultSet, RetrieveError> {
-    tokio::time::timeout(
-        limits.timeout,
-        run_untimed(catalog, store, text, limits.max_rows),
-    )
-    .await
-    .unwrap_or(Err(RetrieveError::TimedOut(limits.timeout)))
+    // The database stops the statement at the same bound (see `Store::fetch_at_most`): giving
+    // up here leaves nothing running there.
+    match tokio::time::timeout(limits.timeout, run_bounded(catalog, store, text, limits)).await {
+        Ok(Err(RetrieveError::Store(StoreError::StatementTimedOut { .. }))) | Err(_) => {
+            Err(RetrieveError::TimedOut(limits.timeout))
+        }
+        Ok(answer) => answer,
+    }
 }
 
-async fn run_untimed(
+async fn run_bounded(
     catalog: &Catalog,
     store: &Store,
     text: &str,
-    max_rows: usize,
+    limits: QueryLimits,
 ) -> Result<ResultSet, RetrieveError> {
     let q = StoreQuery::parse(text).map_err(|e| RetrieveError::Parse(e.to_string()))?;
     let Some((_, layout)) = catalog.aggregation(&q.aggregation) else {
@@ -135,7 +137,14 @@ async fn run_untimed(
         )));
     }
     let rows = store
-        .fetch_at_most(layout, q.per, q.start_ms, q.end_ms, max_rows)
+        .fetch_at_most(
+            layout,
+            q.per,
+            q.start_ms,
+            q.end_ms,
+            limits.max_rows,
+            Some(limits.timeout),
+        )
         .await?;
     query::execute(&q, layout, rows).map_err(|e| RetrieveError::Query(e.to_string()))
 }

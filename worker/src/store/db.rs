@@ -15,7 +15,7 @@ use tracing::debug;
 use crate::bucket::Granularity;
 use crate::layout::{AggRow, Delta, Layout, StoredRow};
 use crate::store::dialect::{Backend, Dialect, MYSQL_COLLATIONS};
-use crate::store::error::{StoreError, ValueError};
+use crate::store::error::{StoreError, ValueError, is_statement_timeout};
 use crate::store::schema::{
     ColumnDef, ID_MAX_CHARS, Role, SHARD_ID_MAX_CHARS, SqlType, TableDef, check_id, check_typed,
 };
@@ -178,6 +178,7 @@ impl Store {
         let mut dialect = Dialect::new(backend);
         if backend == Backend::MySql {
             dialect.mysql_collation = mysql_collation(&pool).await?;
+            dialect.mariadb = is_mariadb(&pool).await?;
         }
         let pg = match backend {
             Backend::Postgres => Some(
@@ -189,7 +190,7 @@ impl Store {
             ),
             Backend::Sqlite | Backend::MySql => None,
         };
-        debug!(%backend, collation = dialect.mysql_collation, "connected to the database");
+        debug!(%backend, collation = dialect.mysql_collation, mariadb = dialect.mariadb, "connected to the database");
         Ok(Store {
             pool,
             pg,
@@ -587,12 +588,16 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<StoredRow>, StoreError> {
-        self.fetch_at_most(layout, per, start_ms, end_ms, usize::MAX)
+        self.fetch_at_most(layout, per, start_ms, end_ms, usize::MAX, None)
             .await
     }
 
     /// [`Store::fetch`], failing with [`StoreError::TooManyRows`] — having held no more than
-    /// `max_rows` rows — when the range holds more.
+    /// `max_rows` rows — when the range holds more, and with [`StoreError::StatementTimedOut`]
+    /// when the database runs the read for longer than `timeout`: the database itself stops
+    /// the statement (PostgreSQL `statement_timeout` in its own transaction, MySQL a
+    /// `MAX_EXECUTION_TIME` hint, MariaDB `max_statement_time`), so a caller that gives up
+    /// leaves nothing running there. SQLite reads in-process and has no such bound.
     pub async fn fetch_at_most(
         &self,
         layout: &Layout,
@@ -600,6 +605,7 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
         max_rows: usize,
+        timeout: Option<Duration>,
     ) -> Result<Vec<StoredRow>, StoreError> {
         if !layout.granularities.contains(&per) {
             return Err(StoreError::GranularityNotKept {
@@ -608,25 +614,32 @@ impl Store {
             });
         }
         let def = TableDef::new(layout, per, layout.partitioned)?;
-        let sql = self.dialect.fetch(&def);
-        let mut rows = sqlx::query(&sql)
-            .bind(start_ms)
-            .bind(end_ms)
-            .fetch(&self.pool);
-        let mut out = Vec::new();
-        while let Some(row) = rows
-            .try_next()
-            .await
-            .map_err(StoreError::db(format!("reading {}", def.name)))?
-        {
-            if out.len() == max_rows {
-                return Err(StoreError::TooManyRows {
-                    table: def.name.clone(),
-                    max: max_rows,
-                });
-            }
-            out.push(decode_row(&def, layout, &row)?);
+        let read = |source: sqlx::Error| match timeout {
+            Some(after) if is_statement_timeout(&source) => StoreError::StatementTimedOut {
+                table: def.name.clone(),
+                after,
+            },
+            _ => StoreError::Database {
+                context: format!("reading {}", def.name),
+                source,
+            },
+        };
+        let Some(timeout) = timeout else {
+            let sql = self.dialect.fetch(&def);
+            let rows = sqlx::query(&sql).bind(start_ms).bind(end_ms);
+            return collect_rows(rows.fetch(&self.pool), &def, layout, max_rows, &read).await;
+        };
+        let sql = self.dialect.fetch_within(&def, timeout);
+        if self.dialect.backend != Backend::Postgres {
+            let rows = sqlx::query(&sql).bind(start_ms).bind(end_ms);
+            return collect_rows(rows.fetch(&self.pool), &def, layout, max_rows, &read).await;
         }
+        let mut tx = self.pool.begin().await.map_err(read)?;
+        let bound = Dialect::statement_timeout(timeout);
+        sqlx::query(&bound).execute(&mut *tx).await.map_err(read)?;
+        let rows = sqlx::query(&sql).bind(start_ms).bind(end_ms);
+        let out = collect_rows(rows.fetch(&mut *tx), &def, layout, max_rows, &read).await?;
+        tx.rollback().await.map_err(read)?;
         Ok(out)
     }
 
@@ -854,6 +867,36 @@ async fn mysql_collation(pool: &AnyPool) -> Result<&'static str, StoreError> {
         .find(|c| available.iter().any(|a| a == *c))
         .copied()
         .unwrap_or(MYSQL_COLLATIONS[2]))
+}
+
+/// Decodes the rows a fetch streams, failing past `max_rows`.
+async fn collect_rows(
+    mut rows: futures_util::stream::BoxStream<'_, Result<sqlx::any::AnyRow, sqlx::Error>>,
+    def: &TableDef,
+    layout: &Layout,
+    max_rows: usize,
+    read: &(dyn Fn(sqlx::Error) -> StoreError + Send + Sync),
+) -> Result<Vec<StoredRow>, StoreError> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.try_next().await.map_err(read)? {
+        if out.len() == max_rows {
+            return Err(StoreError::TooManyRows {
+                table: def.name.clone(),
+                max: max_rows,
+            });
+        }
+        out.push(decode_row(def, layout, &row)?);
+    }
+    Ok(out)
+}
+
+/// Whether a `mysql://` server is MariaDB.
+async fn is_mariadb(pool: &AnyPool) -> Result<bool, StoreError> {
+    let version: String = sqlx::query_scalar("SELECT CAST(VERSION() AS CHAR)")
+        .fetch_one(pool)
+        .await
+        .map_err(StoreError::db("reading the server's version"))?;
+    Ok(version.contains("MariaDB"))
 }
 
 /// A lease TTL in milliseconds, capped at a year (keeps `now + ttl` far from overflow).

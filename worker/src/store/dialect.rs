@@ -11,6 +11,7 @@
 //! procedures, triggers, advisory locks or `RETURNING`.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::bucket::Granularity;
 use crate::layout::MeasureKind;
@@ -95,6 +96,9 @@ pub(crate) struct Dialect {
     pub(crate) backend: Backend,
     /// The collation of MySQL tables (one of [`MYSQL_COLLATIONS`]); unused elsewhere.
     pub(crate) mysql_collation: &'static str,
+    /// A `mysql://` server is MariaDB (it bounds a statement's time with `SET STATEMENT
+    /// max_statement_time`, MySQL with a `MAX_EXECUTION_TIME` hint); unused elsewhere.
+    pub(crate) mariadb: bool,
 }
 
 /// SQL text under construction, numbering placeholders for PostgreSQL.
@@ -149,6 +153,7 @@ impl Dialect {
         Dialect {
             backend,
             mysql_collation: MYSQL_COLLATIONS[2],
+            mariadb: false,
         }
     }
 
@@ -592,6 +597,39 @@ impl Dialect {
         s.finish()
     }
 
+    /// [`Dialect::fetch`] that the database itself stops after `timeout` (MySQL: a
+    /// `MAX_EXECUTION_TIME` hint; MariaDB: `SET STATEMENT max_statement_time … FOR`). PostgreSQL
+    /// and SQLite get the plain statement: PostgreSQL's bound is `SET LOCAL statement_timeout`
+    /// ([`Dialect::statement_timeout`]) in the statement's transaction; SQLite runs in-process.
+    /// The text depends on `timeout` only, so it is prepared once per connection.
+    pub(crate) fn fetch_within(&self, def: &TableDef, timeout: Duration) -> String {
+        let select = self.fetch(def);
+        match self.backend {
+            Backend::MySql if self.mariadb => format!(
+                "SET STATEMENT max_statement_time = {:.3} FOR {select}",
+                timeout.as_secs_f64().max(0.001)
+            ),
+            Backend::MySql => select.replacen(
+                "SELECT ",
+                &format!(
+                    "SELECT /*+ MAX_EXECUTION_TIME({}) */ ",
+                    timeout.as_millis().clamp(1, u128::from(u32::MAX))
+                ),
+                1,
+            ),
+            Backend::Postgres | Backend::Sqlite => select,
+        }
+    }
+
+    /// PostgreSQL: bounds the statements of the current transaction to `timeout` (at least 1 ms:
+    /// 0 would mean none).
+    pub(crate) fn statement_timeout(timeout: Duration) -> String {
+        format!(
+            "SET LOCAL statement_timeout = {}",
+            timeout.as_millis().clamp(1, i32::MAX as u128)
+        )
+    }
+
     /// `DELETE FROM <table> WHERE AGG_TIMESTAMP < ?`.
     pub(crate) fn purge(&self, table: &str) -> String {
         let mut s = self.sql();
@@ -867,6 +905,7 @@ mod tests {
             Dialect {
                 backend: Backend::MySql,
                 mysql_collation: "utf8mb4_nopad_bin",
+                mariadb: true,
             },
         ]
     }
@@ -1079,6 +1118,44 @@ mod tests {
                  \"city\", \"apiName\", \"AGG_LAST_EVENT_TIMESTAMP\", \"AGG_COUNT\", \"AGG_SUM_latency\") \
                  FROM STDIN"
             )
+        );
+    }
+
+    #[test]
+    fn a_timed_fetch_is_bounded_by_the_database_itself() {
+        let [sqlite, pg, mariadb] = dialects();
+        let mysql = Dialect {
+            mariadb: false,
+            ..Dialect::new(Backend::MySql)
+        };
+        let def = TableDef::new(&geo_layout(), Granularity::Hours, true).unwrap();
+        let t = Duration::from_millis(1500);
+        assert_eq!(sqlite.fetch_within(&def, t), sqlite.fetch(&def));
+        assert_eq!(pg.fetch_within(&def, t), pg.fetch(&def));
+        assert_eq!(
+            Dialect::statement_timeout(t),
+            "SET LOCAL statement_timeout = 1500"
+        );
+        // Zero means "no limit" to every database: the shortest bound is 1 ms.
+        assert_eq!(
+            Dialect::statement_timeout(Duration::ZERO),
+            "SET LOCAL statement_timeout = 1"
+        );
+        assert_eq!(
+            mariadb.fetch_within(&def, t),
+            format!(
+                "SET STATEMENT max_statement_time = 1.500 FOR {}",
+                mariadb.fetch(&def)
+            )
+        );
+        let hinted = mysql.fetch_within(&def, t);
+        assert!(
+            hinted.starts_with("SELECT /*+ MAX_EXECUTION_TIME(1500) */ `AGG_TIMESTAMP`, "),
+            "{hinted}"
+        );
+        assert_eq!(
+            hinted.replace("/*+ MAX_EXECUTION_TIME(1500) */ ", ""),
+            mysql.fetch(&def)
         );
     }
 

@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::time::Duration;
 
 use shardtally_publisher::protocol::AttrType;
 use sqlx::error::DatabaseError;
@@ -160,6 +161,14 @@ pub enum StoreError {
         table: String,
         /// The most rows allowed.
         max: usize,
+    },
+    /// The database stopped a fetch that ran longer than its caller allowed.
+    #[error("reading `{table}` took longer than {after:?}: the database stopped it")]
+    StatementTimedOut {
+        /// The table read.
+        table: String,
+        /// The bound it ran under.
+        after: Duration,
     },
     /// A delta or a fetch names a granularity the layout does not keep.
     #[error("aggregation `{aggregation}` does not keep {granularity} buckets")]
@@ -358,6 +367,20 @@ fn mysql_retriable_number(number: u16) -> bool {
             | 9001..=9005 // TiDB: PD/TiKV timeouts, server busy, resolve lock timeout, region unavailable
             | 9007 // TiDB: write conflict
     )
+}
+
+/// Whether the database stopped a statement for running past its time bound (PostgreSQL
+/// `statement_timeout`: 57014 query_canceled; MySQL `MAX_EXECUTION_TIME`: 3024; MariaDB
+/// `max_statement_time`: 1969).
+pub(crate) fn is_statement_timeout(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    match db_error_code(db.as_ref()).0 {
+        DbErrorCode::Postgres(sqlstate) => sqlstate == "57014",
+        DbErrorCode::MySql { number, .. } => matches!(number, 1969 | 3024),
+        DbErrorCode::Sqlite(_) | DbErrorCode::Other => false,
+    }
 }
 
 /// The backend code of a driver error, for messages and tests.

@@ -490,6 +490,34 @@ async fn a_query_the_database_does_not_answer_is_a_503_at_query_timeout() {
             text.contains("the query did not finish within 1s (query_timeout)"),
             "{backend:?}: {text}"
         );
+        // The database stopped the statement too: it is not left waiting on the lock (it
+        // would wait until the lock went), holding a connection and the database's resources.
+        let mut watcher = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+            .await
+            .expect("connect");
+        let waiting = match backend {
+            Backend::Postgres => {
+                "SELECT CAST(count(*) AS BIGINT) FROM pg_stat_activity WHERE state = 'active' \
+                 AND pid <> pg_backend_pid() AND query LIKE 'SELECT %GeoLocationAgg_HOURS%'"
+            }
+            _ => {
+                "SELECT CAST(count(*) AS SIGNED) FROM information_schema.PROCESSLIST \
+                 WHERE INFO LIKE '%SELECT %GeoLocationAgg_HOURS%' AND INFO NOT LIKE '%PROCESSLIST%'"
+            }
+        };
+        let mut left = -1;
+        for _ in 0..50 {
+            left = sqlx::query_scalar::<_, i64>(waiting)
+                .fetch_one(&mut watcher)
+                .await
+                .expect("statements");
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(left, 0, "{backend:?}: the timed-out statement still runs");
+        drop(watcher);
         sqlx::raw_sql(unlock)
             .execute(&mut holder)
             .await
