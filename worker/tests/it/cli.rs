@@ -51,6 +51,60 @@ async fn sigterm_flushes_pending_batches_and_acks_them_before_exiting() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_http_connections_without_a_request_in_progress_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    // The default handshake_timeout (10 s: a request's head must arrive within it) is longer
+    // than the worker gives its HTTP side to stop (5 s).
+    let mut w = WorkerProc::start(&serve_args(&db.url, "node-a"));
+    // A connection that never sends a request (a browser's or a balancer's preconnect) …
+    let mut silent = TcpStream::connect(w.http).await.expect("connect");
+    // … and one kept alive after its request was answered.
+    let mut kept = TcpStream::connect(w.http).await.expect("connect");
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: worker\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = kept.read(&mut buf).await.expect("answer");
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let stopped = tokio::task::spawn_blocking(move || {
+        let s = w.terminate();
+        (s, w)
+    });
+    for (name, conn) in [("silent", &mut silent), ("kept alive", &mut kept)] {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            conn.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(
+            matches!(read, Ok(Ok(_))) && !rest.windows(4).any(|w| w == b"HTTP"),
+            "the {name} connection is closed without an answer: {read:?} {rest:?}"
+        );
+    }
+    let (status, w) = stopped.await.expect("join");
+    assert!(status.success(), "graceful stop exits 0: {status}");
+    let log = w.log_text();
+    assert!(log.contains("stopped"), "{log}");
+    assert!(
+        !log.contains("HTTP connections still open"),
+        "no connection held the stop up: {log}"
+    );
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn query_renders_table_csv_and_json_and_bad_queries_exit_2_with_a_position() {
     let db = TestDb::fresh(Backend::Sqlite).await;
     {
