@@ -73,6 +73,11 @@ pub struct Store {
     /// PostgreSQL only: native connections for commits (`COPY` and array parameters, which the
     /// Any driver lacks; see `store::postgres`). Opened on first use.
     pg: Option<PgPool>,
+    /// The connections store queries read on ([`Store::fetch_at_most`]), so that however many
+    /// run, or however long, commits (and what they look up on `pool`: frontiers, the lease)
+    /// never wait for a connection behind them. A pool of its own, opened on first use, as
+    /// large as `pool`; `sqlite::memory:` has one connection, shared.
+    reads: AnyPool,
     pub(crate) dialect: Dialect,
     /// Per `(shard id, table)`: what is known of the shard's highest bucket there.
     frontiers: Arc<Mutex<HashMap<(String, String), Frontier>>>,
@@ -171,10 +176,21 @@ impl Store {
                 Ok(())
             })
         });
+        let reads = if memory {
+            None
+        } else {
+            Some(
+                pool_options
+                    .clone()
+                    .connect_lazy(&url)
+                    .map_err(|source| StoreError::Connect { backend, source })?,
+            )
+        };
         let pool = pool_options
             .connect(&url)
             .await
             .map_err(|source| StoreError::Connect { backend, source })?;
+        let reads = reads.unwrap_or_else(|| pool.clone());
         let mut dialect = Dialect::new(backend);
         if backend == Backend::MySql {
             dialect.mysql_collation = mysql_collation(&pool).await?;
@@ -194,6 +210,7 @@ impl Store {
         Ok(Store {
             pool,
             pg,
+            reads,
             dialect,
             frontiers: Arc::default(),
             counters: Arc::default(),
@@ -229,6 +246,7 @@ impl Store {
         if let Some(pg) = &self.pg {
             pg.close().await;
         }
+        self.reads.close().await;
         self.pool.close().await;
     }
 
@@ -627,14 +645,14 @@ impl Store {
         let Some(timeout) = timeout else {
             let sql = self.dialect.fetch(&def);
             let rows = sqlx::query(&sql).bind(start_ms).bind(end_ms);
-            return collect_rows(rows.fetch(&self.pool), &def, layout, max_rows, &read).await;
+            return collect_rows(rows.fetch(&self.reads), &def, layout, max_rows, &read).await;
         };
         let sql = self.dialect.fetch_within(&def, timeout);
         if self.dialect.backend != Backend::Postgres {
             let rows = sqlx::query(&sql).bind(start_ms).bind(end_ms);
-            return collect_rows(rows.fetch(&self.pool), &def, layout, max_rows, &read).await;
+            return collect_rows(rows.fetch(&self.reads), &def, layout, max_rows, &read).await;
         }
-        let mut tx = self.pool.begin().await.map_err(read)?;
+        let mut tx = self.reads.begin().await.map_err(read)?;
         let bound = Dialect::statement_timeout(timeout);
         sqlx::query(&bound).execute(&mut *tx).await.map_err(read)?;
         let rows = sqlx::query(&sql).bind(start_ms).bind(end_ms);

@@ -536,6 +536,118 @@ async fn a_query_the_database_does_not_answer_is_a_503_at_query_timeout() {
     }
 }
 
+/// Store queries read on connections of their own: a query stuck in the database (here on a
+/// lock) does not hold up the commits and acks of other events, even with one connection per
+/// pool (`maxPoolSize: 1`). SQLite is skipped: a WAL reader is never blocked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_stuck_in_the_database_does_not_hold_up_commits() {
+    for backend in crate::common::backends() {
+        let (lock, unlock, waiting) = match backend {
+            Backend::Sqlite => continue,
+            Backend::Postgres => (
+                r#"BEGIN; LOCK TABLE "BAgg_HOURS" IN ACCESS EXCLUSIVE MODE"#,
+                "ROLLBACK",
+                "SELECT CAST(count(*) AS BIGINT) FROM pg_stat_activity WHERE state = 'active' \
+                 AND pid <> pg_backend_pid() AND query LIKE 'SELECT %BAgg_HOURS%'",
+            ),
+            Backend::MySql => (
+                "LOCK TABLES `BAgg_HOURS` WRITE",
+                "UNLOCK TABLES",
+                "SELECT CAST(count(*) AS SIGNED) FROM information_schema.PROCESSLIST \
+                 WHERE INFO LIKE '%SELECT %BAgg_HOURS%' AND INFO NOT LIKE '%PROCESSLIST%'",
+            ),
+        };
+        let db = TestDb::fresh(backend).await;
+        let app = crate::cluster::app_file(
+            "two.siddhi",
+            "@app:name('Two')\ndefine stream a (k string, ts long);\n\
+             define stream b (k string, ts long);\n\
+             define aggregation AAgg from a select k, count() as n group by k aggregate by ts every sec ... year;\n\
+             define aggregation BAgg from b select k, count() as n group by k aggregate by ts every sec ... year;\n",
+        );
+        let config = scratch_dir().join("deployment.yaml");
+        std::fs::write(
+            &config,
+            "wso2.datasources:\n  dataSources:\n    - name: APIM_ANALYTICS_DB\n      definition:\n        \
+             type: RDBMS\n        configuration:\n          maxPoolSize: 1\nshardtally:\n  query_timeout: 60s\n",
+        )
+        .expect("config");
+        let mut args = serve_args(&db.url, "node-q");
+        args.extend([
+            "--app".into(),
+            app,
+            "--config".into(),
+            config.display().to_string(),
+        ]);
+        let w = WorkerProc::start(&args);
+        let mut holder = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+            .await
+            .expect("connect");
+        sqlx::raw_sql(lock)
+            .execute(&mut holder)
+            .await
+            .expect("lock");
+        let http_addr = w.http;
+        let query = std::thread::spawn(move || {
+            let body = serde_json::json!({
+                "appName": "Two",
+                "query": "from BAgg within 0, 4102444800000 per \"hours\" select k, n",
+            })
+            .to_string();
+            http_with(http_addr, "POST", "/stores/query", "", &body)
+        });
+        let mut watcher = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+            .await
+            .expect("connect");
+        let mut stuck = 0;
+        for _ in 0..100 {
+            stuck = sqlx::query_scalar::<_, i64>(waiting)
+                .fetch_one(&mut watcher)
+                .await
+                .expect("statements");
+            if stuck == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(stuck, 1, "{backend:?}: the query waits on the lock");
+        // Events of the other aggregation commit and are acked while the query waits (sharing
+        // the one connection, they waited for the query's 503 at 60 s).
+        let mut c = crate::cluster::RawClient::connect(w.listen, "gw-reads", "")
+            .await
+            .expect("hello");
+        let row = |k: &str| vec![Value::from(k), Value::Long(1_795_168_800_000)];
+        c.send_batch(1, "a", &["k", "ts"], &[row("x"), row("x"), row("y")])
+            .await;
+        let ack = tokio::time::timeout(Duration::from_secs(30), c.recv()).await;
+        assert_eq!(ack, Ok(Frame::Ack { seq: 1 }), "{backend:?}");
+        assert!(!query.is_finished(), "{backend:?}: the query still waits");
+        sqlx::raw_sql(unlock)
+            .execute(&mut holder)
+            .await
+            .expect("unlock");
+        let (status, text) = query.join().expect("query");
+        assert_eq!(status, 200, "{backend:?}: {text}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).expect("json"),
+            serde_json::json!({ "records": [] })
+        );
+        let body = serde_json::json!({
+            "appName": "Two",
+            "query": "from AAgg within 0, 4102444800000 per \"years\" select k, n order by k",
+        })
+        .to_string();
+        let (status, text) = http_with(w.http, "POST", "/stores/query", "", &body);
+        assert_eq!(status, 200, "{backend:?}: {text}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).expect("json"),
+            serde_json::json!({ "records": [["x", 2], ["y", 1]] })
+        );
+        drop((holder, watcher, c, w));
+        db.cleanup().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_query_nested_without_bound_is_a_400_and_the_worker_goes_on() {
     let db = TestDb::fresh(Backend::Sqlite).await;
