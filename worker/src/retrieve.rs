@@ -96,7 +96,13 @@ pub async fn run_within(
 ) -> Result<ResultSet, RetrieveError> {
     // The database stops the statement at the same bound (see `Store::fetch_at_most`): giving
     // up here leaves nothing running there.
-    match tokio::time::timeout(limits.timeout, run_bounded(catalog, store, text, limits)).await {
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    match tokio::time::timeout_at(
+        deadline,
+        run_bounded(catalog, store, text, limits, deadline),
+    )
+    .await
+    {
         Ok(Err(RetrieveError::Store(StoreError::StatementTimedOut { .. }))) | Err(_) => {
             Err(RetrieveError::TimedOut(limits.timeout))
         }
@@ -109,6 +115,7 @@ async fn run_bounded(
     store: &Store,
     text: &str,
     limits: QueryLimits,
+    deadline: tokio::time::Instant,
 ) -> Result<ResultSet, RetrieveError> {
     let q = StoreQuery::parse(text).map_err(|e| RetrieveError::Parse(e.to_string()))?;
     let Some((_, layout)) = catalog.aggregation(&q.aggregation) else {
@@ -143,7 +150,7 @@ async fn run_bounded(
             q.start_ms,
             q.end_ms,
             limits.max_rows,
-            Some(limits.timeout),
+            Some(deadline),
         )
         .await?;
     query::execute(&q, layout, rows).map_err(|e| RetrieveError::Query(e.to_string()))

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use futures_util::TryStreamExt;
 use shardtally_publisher::protocol::Value;
 use sqlx::any::AnyPoolOptions;
@@ -612,10 +614,11 @@ impl Store {
 
     /// [`Store::fetch`], failing with [`StoreError::TooManyRows`] — having held no more than
     /// `max_rows` rows — when the range holds more, and with [`StoreError::StatementTimedOut`]
-    /// when the database runs the read for longer than `timeout`: the database itself stops
-    /// the statement (PostgreSQL `statement_timeout` in its own transaction, MySQL a
-    /// `MAX_EXECUTION_TIME` hint, MariaDB `max_statement_time`), so a caller that gives up
-    /// leaves nothing running there. SQLite reads in-process and has no such bound.
+    /// when the read would run past `deadline`: the database itself stops the statement at the
+    /// time left once a connection is had (PostgreSQL `statement_timeout`, MySQL a
+    /// `MAX_EXECUTION_TIME` hint, MariaDB `max_statement_time`), so a caller that gives up at
+    /// `deadline` leaves nothing running there. SQLite reads in-process and has no such bound.
+    /// Reads go through the pool of their own ([`Store::reads`](Store)).
     pub async fn fetch_at_most(
         &self,
         layout: &Layout,
@@ -623,7 +626,7 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
         max_rows: usize,
-        timeout: Option<Duration>,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Vec<StoredRow>, StoreError> {
         if !layout.granularities.contains(&per) {
             return Err(StoreError::GranularityNotKept {
@@ -632,7 +635,13 @@ impl Store {
             });
         }
         let def = TableDef::new(layout, per, layout.partitioned)?;
-        let read = |source: sqlx::Error| match timeout {
+        let mut conn = self
+            .reads
+            .acquire()
+            .await
+            .map_err(StoreError::db(format!("reading {}", def.name)))?;
+        let bound = deadline.map(|d| statement_bound(d.saturating_duration_since(Instant::now())));
+        let read = |source: sqlx::Error| match bound {
             Some(after) if is_statement_timeout(&source) => StoreError::StatementTimedOut {
                 table: def.name.clone(),
                 after,
@@ -642,23 +651,17 @@ impl Store {
                 source,
             },
         };
-        let Some(timeout) = timeout else {
-            let sql = self.dialect.fetch(&def);
-            let rows = sqlx::query(&sql).bind(start_ms).bind(end_ms);
-            return collect_rows(rows.fetch(&self.reads), &def, layout, max_rows, &read).await;
-        };
-        let sql = self.dialect.fetch_within(&def, timeout);
-        if self.dialect.backend != Backend::Postgres {
-            let rows = sqlx::query(&sql).bind(start_ms).bind(end_ms);
-            return collect_rows(rows.fetch(&self.reads), &def, layout, max_rows, &read).await;
+        if self.dialect.backend == Backend::Postgres {
+            // A session setting: these connections only ever run store queries, each setting it.
+            let set = Dialect::statement_timeout(bound);
+            sqlx::query(&set).execute(&mut *conn).await.map_err(read)?;
         }
-        let mut tx = self.reads.begin().await.map_err(read)?;
-        let bound = Dialect::statement_timeout(timeout);
-        sqlx::query(&bound).execute(&mut *tx).await.map_err(read)?;
+        let sql = match bound {
+            Some(bound) => self.dialect.fetch_within(&def, bound),
+            None => self.dialect.fetch(&def),
+        };
         let rows = sqlx::query(&sql).bind(start_ms).bind(end_ms);
-        let out = collect_rows(rows.fetch(&mut *tx), &def, layout, max_rows, &read).await?;
-        tx.rollback().await.map_err(read)?;
-        Ok(out)
+        collect_rows(rows.fetch(&mut *conn), &def, layout, max_rows, &read).await
     }
 
     /// Deletes the rows of one granularity with `AGG_TIMESTAMP < before_ms`; returns how many.
@@ -885,6 +888,13 @@ async fn mysql_collation(pool: &AnyPool) -> Result<&'static str, StoreError> {
         .find(|c| available.iter().any(|a| a == *c))
         .copied()
         .unwrap_or(MYSQL_COLLATIONS[2]))
+}
+
+/// The time bound a statement is given when `left` remains: whole tenths of a second, rounded
+/// down (fewer distinct statement texts to prepare), at least 1 ms.
+fn statement_bound(left: Duration) -> Duration {
+    let tenths = left.as_millis() / 100;
+    Duration::from_millis(u64::try_from(tenths * 100).unwrap_or(u64::MAX).max(1))
 }
 
 /// Decodes the rows a fetch streams, failing past `max_rows`.

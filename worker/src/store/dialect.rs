@@ -598,17 +598,19 @@ impl Dialect {
     }
 
     /// [`Dialect::fetch`] that the database itself stops after `timeout` (MySQL: a
-    /// `MAX_EXECUTION_TIME` hint; MariaDB: `SET STATEMENT max_statement_time … FOR`). PostgreSQL
-    /// and SQLite get the plain statement: PostgreSQL's bound is `SET LOCAL statement_timeout`
-    /// ([`Dialect::statement_timeout`]) in the statement's transaction; SQLite runs in-process.
-    /// The text depends on `timeout` only, so it is prepared once per connection.
+    /// `MAX_EXECUTION_TIME` hint; MariaDB: `SET STATEMENT max_statement_time … FOR`), each
+    /// capped at what the database accepts. PostgreSQL and SQLite get the plain statement:
+    /// PostgreSQL's bound is a session setting ([`Dialect::statement_timeout`]); SQLite runs
+    /// in-process.
     pub(crate) fn fetch_within(&self, def: &TableDef, timeout: Duration) -> String {
         let select = self.fetch(def);
         match self.backend {
+            // max_statement_time: seconds, at most a year.
             Backend::MySql if self.mariadb => format!(
                 "SET STATEMENT max_statement_time = {:.3} FOR {select}",
-                timeout.as_secs_f64().max(0.001)
+                timeout.as_secs_f64().clamp(0.001, 31_536_000.0)
             ),
+            // MAX_EXECUTION_TIME: milliseconds, an unsigned 32-bit number (0: none).
             Backend::MySql => select.replacen(
                 "SELECT ",
                 &format!(
@@ -621,13 +623,11 @@ impl Dialect {
         }
     }
 
-    /// PostgreSQL: bounds the statements of the current transaction to `timeout` (at least 1 ms:
-    /// 0 would mean none).
-    pub(crate) fn statement_timeout(timeout: Duration) -> String {
-        format!(
-            "SET LOCAL statement_timeout = {}",
-            timeout.as_millis().clamp(1, i32::MAX as u128)
-        )
+    /// PostgreSQL: bounds the session's statements to `timeout` (milliseconds, at most
+    /// `i32::MAX`, at least 1: 0 is none, what `None` sets).
+    pub(crate) fn statement_timeout(timeout: Option<Duration>) -> String {
+        let ms = timeout.map_or(0, |t| t.as_millis().clamp(1, i32::MAX as u128));
+        format!("SET statement_timeout = {ms}")
     }
 
     /// `DELETE FROM <table> WHERE AGG_TIMESTAMP < ?`.
@@ -1133,13 +1133,37 @@ mod tests {
         assert_eq!(sqlite.fetch_within(&def, t), sqlite.fetch(&def));
         assert_eq!(pg.fetch_within(&def, t), pg.fetch(&def));
         assert_eq!(
-            Dialect::statement_timeout(t),
-            "SET LOCAL statement_timeout = 1500"
+            Dialect::statement_timeout(Some(t)),
+            "SET statement_timeout = 1500"
         );
-        // Zero means "no limit" to every database: the shortest bound is 1 ms.
+        // Zero means "no limit" to every database: the shortest bound is 1 ms; the longest what
+        // each accepts.
         assert_eq!(
-            Dialect::statement_timeout(Duration::ZERO),
-            "SET LOCAL statement_timeout = 1"
+            Dialect::statement_timeout(Some(Duration::ZERO)),
+            "SET statement_timeout = 1"
+        );
+        assert_eq!(
+            Dialect::statement_timeout(Some(Duration::from_secs(400 * 86_400))),
+            "SET statement_timeout = 2147483647"
+        );
+        assert_eq!(
+            Dialect::statement_timeout(None),
+            "SET statement_timeout = 0"
+        );
+        let year = Duration::from_secs(400 * 86_400);
+        assert!(
+            mariadb
+                .fetch_within(&def, year)
+                .starts_with("SET STATEMENT max_statement_time = 31536000.000 FOR SELECT "),
+            "{}",
+            mariadb.fetch_within(&def, year)
+        );
+        assert!(
+            mysql
+                .fetch_within(&def, year)
+                .starts_with("SELECT /*+ MAX_EXECUTION_TIME(4294967295) */ "),
+            "{}",
+            mysql.fetch_within(&def, year)
         );
         assert_eq!(
             mariadb.fetch_within(&def, t),

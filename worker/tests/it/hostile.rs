@@ -498,11 +498,11 @@ async fn a_query_the_database_does_not_answer_is_a_503_at_query_timeout() {
         let waiting = match backend {
             Backend::Postgres => {
                 "SELECT CAST(count(*) AS BIGINT) FROM pg_stat_activity WHERE state = 'active' \
-                 AND pid <> pg_backend_pid() AND query LIKE 'SELECT %GeoLocationAgg_HOURS%'"
+                 AND pid <> pg_backend_pid() AND datname = current_database() AND query LIKE 'SELECT %GeoLocationAgg_HOURS%'"
             }
             _ => {
                 "SELECT CAST(count(*) AS SIGNED) FROM information_schema.PROCESSLIST \
-                 WHERE INFO LIKE '%SELECT %GeoLocationAgg_HOURS%' AND INFO NOT LIKE '%PROCESSLIST%'"
+                 WHERE INFO LIKE '%SELECT %GeoLocationAgg_HOURS%' AND INFO NOT LIKE '%PROCESSLIST%' AND DB = DATABASE()"
             }
         };
         let mut left = -1;
@@ -548,13 +548,13 @@ async fn a_query_stuck_in_the_database_does_not_hold_up_commits() {
                 r#"BEGIN; LOCK TABLE "BAgg_HOURS" IN ACCESS EXCLUSIVE MODE"#,
                 "ROLLBACK",
                 "SELECT CAST(count(*) AS BIGINT) FROM pg_stat_activity WHERE state = 'active' \
-                 AND pid <> pg_backend_pid() AND query LIKE 'SELECT %BAgg_HOURS%'",
+                 AND pid <> pg_backend_pid() AND datname = current_database() AND query LIKE 'SELECT %BAgg_HOURS%'",
             ),
             Backend::MySql => (
                 "LOCK TABLES `BAgg_HOURS` WRITE",
                 "UNLOCK TABLES",
                 "SELECT CAST(count(*) AS SIGNED) FROM information_schema.PROCESSLIST \
-                 WHERE INFO LIKE '%SELECT %BAgg_HOURS%' AND INFO NOT LIKE '%PROCESSLIST%'",
+                 WHERE INFO LIKE '%SELECT %BAgg_HOURS%' AND INFO NOT LIKE '%PROCESSLIST%' AND DB = DATABASE()",
             ),
         };
         let db = TestDb::fresh(backend).await;
