@@ -492,32 +492,8 @@ async fn a_query_the_database_does_not_answer_is_a_503_at_query_timeout() {
         );
         // The database stopped the statement too: it is not left waiting on the lock (it
         // would wait until the lock went), holding a connection and the database's resources.
-        let mut watcher = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
-            .await
-            .expect("connect");
-        let waiting = match backend {
-            Backend::Postgres => {
-                "SELECT CAST(count(*) AS BIGINT) FROM pg_stat_activity WHERE state = 'active' \
-                 AND pid <> pg_backend_pid() AND datname = current_database() AND query LIKE 'SELECT %GeoLocationAgg_HOURS%'"
-            }
-            _ => {
-                "SELECT CAST(count(*) AS SIGNED) FROM information_schema.PROCESSLIST \
-                 WHERE INFO LIKE '%SELECT %GeoLocationAgg_HOURS%' AND INFO NOT LIKE '%PROCESSLIST%' AND DB = DATABASE()"
-            }
-        };
-        let mut left = -1;
-        for _ in 0..50 {
-            left = sqlx::query_scalar::<_, i64>(waiting)
-                .fetch_one(&mut watcher)
-                .await
-                .expect("statements");
-            if left == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let left = statements_reading(&db.url, backend, "GeoLocationAgg_HOURS", 0).await;
         assert_eq!(left, 0, "{backend:?}: the timed-out statement still runs");
-        drop(watcher);
         sqlx::raw_sql(unlock)
             .execute(&mut holder)
             .await
@@ -536,26 +512,51 @@ async fn a_query_the_database_does_not_answer_is_a_503_at_query_timeout() {
     }
 }
 
+/// How many statements of other sessions are reading `table` in the test's database, polled
+/// (100 ms apart, for up to 10 s) until there are `want`.
+async fn statements_reading(db_url: &str, backend: Backend, table: &str, want: i64) -> i64 {
+    let mut watcher = <sqlx::AnyConnection as sqlx::Connection>::connect(db_url)
+        .await
+        .expect("connect");
+    let sql = match backend {
+        Backend::Postgres => format!(
+            "SELECT CAST(count(*) AS BIGINT) FROM pg_stat_activity WHERE state = 'active' \
+             AND pid <> pg_backend_pid() AND datname = current_database() \
+             AND query LIKE 'SELECT %{table}%'"
+        ),
+        Backend::MySql | Backend::Sqlite => format!(
+            "SELECT CAST(count(*) AS SIGNED) FROM information_schema.PROCESSLIST \
+             WHERE INFO LIKE '%SELECT %{table}%' AND INFO NOT LIKE '%PROCESSLIST%' \
+             AND DB = DATABASE()"
+        ),
+    };
+    let mut n = -1;
+    for _ in 0..100 {
+        n = sqlx::query_scalar::<_, i64>(&sql)
+            .fetch_one(&mut watcher)
+            .await
+            .expect("statements");
+        if n == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    n
+}
+
 /// Store queries read on connections of their own: a query stuck in the database (here on a
 /// lock) does not hold up the commits and acks of other events, even with one connection per
 /// pool (`maxPoolSize: 1`). SQLite is skipped: a WAL reader is never blocked.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_query_stuck_in_the_database_does_not_hold_up_commits() {
     for backend in crate::common::backends() {
-        let (lock, unlock, waiting) = match backend {
+        let (lock, unlock) = match backend {
             Backend::Sqlite => continue,
             Backend::Postgres => (
                 r#"BEGIN; LOCK TABLE "BAgg_HOURS" IN ACCESS EXCLUSIVE MODE"#,
                 "ROLLBACK",
-                "SELECT CAST(count(*) AS BIGINT) FROM pg_stat_activity WHERE state = 'active' \
-                 AND pid <> pg_backend_pid() AND datname = current_database() AND query LIKE 'SELECT %BAgg_HOURS%'",
             ),
-            Backend::MySql => (
-                "LOCK TABLES `BAgg_HOURS` WRITE",
-                "UNLOCK TABLES",
-                "SELECT CAST(count(*) AS SIGNED) FROM information_schema.PROCESSLIST \
-                 WHERE INFO LIKE '%SELECT %BAgg_HOURS%' AND INFO NOT LIKE '%PROCESSLIST%' AND DB = DATABASE()",
-            ),
+            Backend::MySql => ("LOCK TABLES `BAgg_HOURS` WRITE", "UNLOCK TABLES"),
         };
         let db = TestDb::fresh(backend).await;
         let app = crate::cluster::app_file(
@@ -596,20 +597,7 @@ async fn a_query_stuck_in_the_database_does_not_hold_up_commits() {
             .to_string();
             http_with(http_addr, "POST", "/stores/query", "", &body)
         });
-        let mut watcher = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
-            .await
-            .expect("connect");
-        let mut stuck = 0;
-        for _ in 0..100 {
-            stuck = sqlx::query_scalar::<_, i64>(waiting)
-                .fetch_one(&mut watcher)
-                .await
-                .expect("statements");
-            if stuck == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let stuck = statements_reading(&db.url, backend, "BAgg_HOURS", 1).await;
         assert_eq!(stuck, 1, "{backend:?}: the query waits on the lock");
         // Events of the other aggregation commit and are acked while the query waits (sharing
         // the one connection, they waited for the query's 503 at 60 s).
@@ -643,7 +631,7 @@ async fn a_query_stuck_in_the_database_does_not_hold_up_commits() {
             serde_json::from_str::<serde_json::Value>(&text).expect("json"),
             serde_json::json!({ "records": [["x", 2], ["y", 1]] })
         );
-        drop((holder, watcher, c, w));
+        drop((holder, c, w));
         db.cleanup().await;
     }
 }
