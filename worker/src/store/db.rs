@@ -5,13 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use futures_util::TryStreamExt;
 use shardtally_publisher::protocol::Value;
 use sqlx::any::AnyPoolOptions;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Any, AnyPool, Row, Transaction};
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::bucket::Granularity;
@@ -626,7 +625,7 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
         max_rows: usize,
-        deadline: Option<tokio::time::Instant>,
+        deadline: Option<Instant>,
     ) -> Result<Vec<StoredRow>, StoreError> {
         if !layout.granularities.contains(&per) {
             return Err(StoreError::GranularityNotKept {

@@ -464,13 +464,8 @@ async fn a_query_reading_more_than_max_query_rows_is_a_400() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_query_the_database_does_not_answer_is_a_503_at_query_timeout() {
     for backend in crate::common::backends() {
-        let (lock, unlock) = match backend {
-            Backend::Sqlite => continue,
-            Backend::Postgres => (
-                r#"BEGIN; LOCK TABLE "GeoLocationAgg_HOURS" IN ACCESS EXCLUSIVE MODE"#,
-                "ROLLBACK",
-            ),
-            Backend::MySql => ("LOCK TABLES `GeoLocationAgg_HOURS` WRITE", "UNLOCK TABLES"),
+        let Some((lock, unlock)) = table_lock(backend, "GeoLocationAgg_HOURS") else {
+            continue;
         };
         let db = TestDb::fresh(backend).await;
         let w = start_protected_with(&db.url, "  query_timeout: 1s\n");
@@ -480,7 +475,7 @@ async fn a_query_the_database_does_not_answer_is_a_503_at_query_timeout() {
         let mut holder = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
             .await
             .expect("connect");
-        sqlx::raw_sql(lock)
+        sqlx::raw_sql(&lock)
             .execute(&mut holder)
             .await
             .expect("lock");
@@ -509,6 +504,19 @@ async fn a_query_the_database_does_not_answer_is_a_503_at_query_timeout() {
         p.close(Duration::from_secs(10)).await.expect("close");
         drop(w);
         db.cleanup().await;
+    }
+}
+
+/// The statements that lock `table` against every other session (reads included) and unlock it
+/// again; `None` on SQLite, whose WAL readers a writer never blocks.
+fn table_lock(backend: Backend, table: &str) -> Option<(String, &'static str)> {
+    match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some((
+            format!(r#"BEGIN; LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE"#),
+            "ROLLBACK",
+        )),
+        Backend::MySql => Some((format!("LOCK TABLES `{table}` WRITE"), "UNLOCK TABLES")),
     }
 }
 
@@ -550,13 +558,8 @@ async fn statements_reading(db_url: &str, backend: Backend, table: &str, want: i
 #[tokio::test(flavor = "multi_thread")]
 async fn a_query_stuck_in_the_database_does_not_hold_up_commits() {
     for backend in crate::common::backends() {
-        let (lock, unlock) = match backend {
-            Backend::Sqlite => continue,
-            Backend::Postgres => (
-                r#"BEGIN; LOCK TABLE "BAgg_HOURS" IN ACCESS EXCLUSIVE MODE"#,
-                "ROLLBACK",
-            ),
-            Backend::MySql => ("LOCK TABLES `BAgg_HOURS` WRITE", "UNLOCK TABLES"),
+        let Some((lock, unlock)) = table_lock(backend, "BAgg_HOURS") else {
+            continue;
         };
         let db = TestDb::fresh(backend).await;
         let app = crate::cluster::app_file(
@@ -584,7 +587,7 @@ async fn a_query_stuck_in_the_database_does_not_hold_up_commits() {
         let mut holder = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
             .await
             .expect("connect");
-        sqlx::raw_sql(lock)
+        sqlx::raw_sql(&lock)
             .execute(&mut holder)
             .await
             .expect("lock");
