@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::batch::{BatchLimits, Batcher, SchemaSource, SealedBatch};
-use crate::buffer::{Buffer, FullPolicy};
+use crate::buffer::{Buffer, Credit, FullPolicy};
 use crate::dispatch::{Command, Dispatcher};
 use crate::endpoint::{Scheme, UrlSet};
 use crate::error::{ConfigError, PublishError};
@@ -44,10 +44,17 @@ pub(crate) struct Settings {
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+/// What the batcher lock guards: the open batches, and the buffer room taken ahead for the
+/// events still to come.
+pub(crate) struct Open {
+    pub(crate) batcher: Batcher,
+    pub(crate) credit: Credit,
+}
+
 /// State shared by the handles and the background task.
 pub(crate) struct Shared {
     pub(crate) settings: Settings,
-    batcher: Mutex<Batcher>,
+    open: Mutex<Open>,
     commands: mpsc::UnboundedSender<Command>,
     pub(crate) buffer: Buffer,
     pub(crate) counters: Counters,
@@ -56,8 +63,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn lock_batcher(&self) -> MutexGuard<'_, Batcher> {
-        self.batcher.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn lock_open(&self) -> MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Seals every open batch and gives the buffer credit back (on close and shutdown).
+    pub(crate) fn seal_all_returning_credit(&self, open: &mut Open) {
+        open.batcher.seal_all(&mut |b| self.send_batch(b));
+        self.buffer.return_credit(&mut open.credit);
     }
 
     /// Hands a sealed batch to the background task (call with the batcher locked, so that
@@ -75,8 +88,8 @@ impl Shared {
         }
     }
 
-    fn reserve(&self, bytes: u64) -> Result<(), PublishError> {
-        if self.buffer.try_reserve(1, bytes) {
+    fn reserve(&self, credit: &mut Credit, bytes: u64) -> Result<(), PublishError> {
+        if self.buffer.reserve_event(credit, bytes) {
             return Ok(());
         }
         if bytes > self.buffer.max_bytes() {
@@ -95,13 +108,14 @@ impl Shared {
     /// One attempt: lock, check closed, run `push`.
     fn attempt(
         &self,
-        push: &mut impl FnMut(&mut Batcher, &Shared) -> Result<(), PublishError>,
+        push: &mut impl FnMut(&mut Batcher, &mut Credit, &Shared) -> Result<(), PublishError>,
     ) -> Result<(), PublishError> {
-        let mut batcher = self.lock_batcher();
+        let mut open = self.lock_open();
         if self.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
-        push(&mut batcher, self)
+        let Open { batcher, credit } = &mut *open;
+        push(batcher, credit, self)
     }
 
     fn count(&self, result: &Result<(), PublishError>) {
@@ -177,7 +191,8 @@ impl Publisher {
     pub fn schema(&self, stream: &str) -> Option<StreamSchema> {
         self.inner
             .shared
-            .lock_batcher()
+            .lock_open()
+            .batcher
             .schema(stream)
             .map(|s| StreamSchema::clone(s))
     }
@@ -192,8 +207,8 @@ impl Publisher {
     /// When the buffer is full, [`FullPolicy`] applies: wait up to its timeout for space, or
     /// drop; a dropped event is counted and reported as [`PublishError::BufferFull`].
     pub async fn publish(&self, stream: &str, event: &Event) -> Result<(), PublishError> {
-        self.publish_with(|b, s| {
-            b.push_event(stream, event, |n| s.reserve(n), &mut |x| s.send_batch(x))
+        self.publish_with(|b, c, s| {
+            b.push_event(stream, event, |n| s.reserve(c, n), &mut |x| s.send_batch(x))
         })
         .await
     }
@@ -208,8 +223,10 @@ impl Publisher {
         stream: &str,
         values: &[ValueRef<'_>],
     ) -> Result<(), PublishError> {
-        self.publish_with(|b, s| {
-            b.push_values(stream, values, |n| s.reserve(n), &mut |x| s.send_batch(x))
+        self.publish_with(|b, c, s| {
+            b.push_values(stream, values, |n| s.reserve(c, n), &mut |x| {
+                s.send_batch(x)
+            })
         })
         .await
     }
@@ -222,8 +239,10 @@ impl Publisher {
         values: &[ValueRef<'_>],
     ) -> Result<(), PublishError> {
         let shared = &self.inner.shared;
-        let result = shared.attempt(&mut |b, s| {
-            b.push_values(stream, values, |n| s.reserve(n), &mut |x| s.send_batch(x))
+        let result = shared.attempt(&mut |b, c, s| {
+            b.push_values(stream, values, |n| s.reserve(c, n), &mut |x| {
+                s.send_batch(x)
+            })
         });
         shared.count(&result);
         result
@@ -232,8 +251,8 @@ impl Publisher {
     /// Like [`Publisher::publish`], but never waits (see [`Publisher::try_publish_values`]).
     pub fn try_publish(&self, stream: &str, event: &Event) -> Result<(), PublishError> {
         let shared = &self.inner.shared;
-        let result = shared.attempt(&mut |b, s| {
-            b.push_event(stream, event, |n| s.reserve(n), &mut |x| s.send_batch(x))
+        let result = shared.attempt(&mut |b, c, s| {
+            b.push_event(stream, event, |n| s.reserve(c, n), &mut |x| s.send_batch(x))
         });
         shared.count(&result);
         result
@@ -241,7 +260,7 @@ impl Publisher {
 
     async fn publish_with(
         &self,
-        mut push: impl FnMut(&mut Batcher, &Shared) -> Result<(), PublishError>,
+        mut push: impl FnMut(&mut Batcher, &mut Credit, &Shared) -> Result<(), PublishError>,
     ) -> Result<(), PublishError> {
         let shared = &*self.inner.shared;
         let first = shared.attempt(&mut push);
@@ -281,12 +300,12 @@ impl Publisher {
         let shared = &self.inner.shared;
         let (done, wait) = oneshot::channel();
         {
-            let mut batcher = shared.lock_batcher();
+            let mut open = shared.lock_open();
             if shared.closed.load(Ordering::Acquire) {
                 return Err(PublishError::Closed);
             }
-            batcher.seal_all(&mut |b| shared.send_batch(b));
-            let upto = batcher.next_seq();
+            open.batcher.seal_all(&mut |b| shared.send_batch(b));
+            let upto = open.batcher.next_seq();
             shared
                 .commands
                 .send(Command::Flush { upto, done })
@@ -302,12 +321,12 @@ impl Publisher {
         let shared = &self.inner.shared;
         let (done, wait) = oneshot::channel();
         {
-            let mut batcher = shared.lock_batcher();
+            let mut open = shared.lock_open();
             if shared.closed.swap(true, Ordering::AcqRel) {
                 return Ok(());
             }
-            batcher.seal_all(&mut |b| shared.send_batch(b));
-            let upto = batcher.next_seq();
+            shared.seal_all_returning_credit(&mut open);
+            let upto = open.batcher.next_seq();
             let _ = shared.commands.send(Command::Flush { upto, done });
         }
         shared.buffer.wake_all();
@@ -331,16 +350,23 @@ impl Publisher {
     pub fn stats(&self) -> Stats {
         let shared = &self.inner.shared;
         let c = &shared.counters;
-        let buffered = shared.buffer.events();
+        // The credit is room taken, not events held: net of it, read under the same lock.
+        let (published, buffered, buffered_bytes) = {
+            let open = shared.lock_open();
+            (
+                open.batcher.published(),
+                shared.buffer.events().saturating_sub(open.credit.events),
+                shared.buffer.bytes().saturating_sub(open.credit.bytes),
+            )
+        };
         let in_flight = Counters::get(&c.in_flight);
-        let published = shared.lock_batcher().published();
         let reasons = c.reasons.lock().unwrap_or_else(|e| e.into_inner());
         Stats {
             publisher_id: shared.settings.publisher_id.clone(),
             published,
             queued: buffered.saturating_sub(in_flight),
             in_flight,
-            buffered_bytes: shared.buffer.bytes(),
+            buffered_bytes,
             acked: Counters::get(&c.acked),
             batches: Counters::get(&c.batches),
             retried: Counters::get(&c.retried),
@@ -731,7 +757,10 @@ impl PublisherBuilder {
         let shared = Arc::new(Shared {
             buffer: Buffer::new(settings.buffer_max_events, settings.buffer_max_bytes),
             settings,
-            batcher: Mutex::new(batcher),
+            open: Mutex::new(Open {
+                batcher,
+                credit: Credit::default(),
+            }),
             commands,
             counters: Counters::default(),
             endpoints,

@@ -326,7 +326,8 @@ impl Dispatcher {
                     i.node_id = Some(welcome.node_id.clone());
                     i.shard_id = Some(welcome.shard_id.clone());
                 });
-                let mut batcher = self.shared.lock_batcher();
+                let mut open = self.shared.lock_open();
+                let batcher = &mut open.batcher;
                 batcher.apply_peer_limits(limits);
                 for schema in welcome.streams {
                     let name = schema.name.clone();
@@ -654,7 +655,7 @@ impl Dispatcher {
         let Some(limits) = limits.filter(|_| never_sent(b) && b.batch.events > 1) else {
             return false;
         };
-        let split = self.shared.lock_batcher().split(&b.batch, limits);
+        let split = self.shared.lock_open().batcher.split(&b.batch, limits);
         let parts = match split {
             Ok(parts) if parts.len() > 1 => parts,
             Ok(_) => return false,
@@ -715,8 +716,10 @@ impl Dispatcher {
         // Linger: the sealed batches come back through the command channel, in seal order.
         {
             let shared = Arc::clone(&self.shared);
-            let mut batcher = shared.lock_batcher();
-            batcher.seal_lingering(now, linger, &mut |b| shared.send_batch(b));
+            shared
+                .lock_open()
+                .batcher
+                .seal_lingering(now, linger, &mut |b| shared.send_batch(b));
         }
         // Ack timeouts: a batch older than the timeout, and nothing acked meanwhile. A worker
         // that acks steadily is alive however deep its queue; one that acks nothing is not.
@@ -853,8 +856,7 @@ impl Dispatcher {
         // Nothing may vanish uncounted: take the open batches and whatever is still queued.
         {
             let shared = Arc::clone(&self.shared);
-            let mut batcher = shared.lock_batcher();
-            batcher.seal_all(&mut |b| shared.send_batch(b));
+            shared.seal_all_returning_credit(&mut shared.lock_open());
         }
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
