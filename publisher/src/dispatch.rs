@@ -15,8 +15,11 @@
 //! A batch is sent only to a member whose announced limits (WELCOME's `max_batch_events`,
 //! `max_frame_len`) admit it. One that every healthy member of some group declines — sealed
 //! before a smaller-limit worker was heard from — is split into parts that fit, under fresh
-//! seqs, if it was never sent in any group (so its own seq can never be committed); otherwise it
-//! is parked in that group until a member that admits it comes up (or its delivery deadline).
+//! seqs, if it was never sent in any group (so its own seq can never be committed). One already
+//! sent in another group is split for that group alone, if never sent there: groups are separate
+//! clusters, so the group never sees its seq, and its slot there waits for the parts. Otherwise
+//! (one event, or sent in that group already) it is parked in the group until a member that
+//! admits it comes up (or its delivery deadline).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -53,8 +56,18 @@ pub(crate) enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
-    Pending { avoid: Option<usize>, sends: u32 },
-    InFlight { member: usize, sends: u32 },
+    Pending {
+        avoid: Option<usize>,
+        sends: u32,
+    },
+    InFlight {
+        member: usize,
+        sends: u32,
+    },
+    /// Split for this group alone: waiting for this many of its parts to be resolved.
+    Split {
+        left: usize,
+    },
     Done,
 }
 
@@ -66,6 +79,9 @@ struct InBatch {
     unresolved: usize,
     in_flight_groups: usize,
     failed: bool,
+    /// A part of a batch split for one group alone: (that batch's seq, the group). It holds no
+    /// buffer room and no count of its own: its batch does.
+    whole: Option<(u64, usize)>,
 }
 
 /// Whether a batch was never sent in any group (so its seq can be given up for parts').
@@ -90,6 +106,31 @@ impl InBatch {
             unresolved: groups,
             in_flight_groups: 0,
             failed: false,
+            whole: None,
+        }
+    }
+
+    /// A part of batch `whole` for group `g` alone (done in every other group).
+    fn part_for_group(part: SealedBatch, groups: usize, g: usize, whole: u64) -> InBatch {
+        let mut b = InBatch::new(part, groups);
+        for (i, slot) in b.slots.iter_mut().enumerate() {
+            if i != g {
+                *slot = Slot::Done;
+            }
+        }
+        b.unresolved = 1;
+        b.whole = Some((whole, g));
+        b
+    }
+
+    /// The events this batch adds to the `in_flight` count while some group has it in flight:
+    /// none for a part of a batch split for one group (its events are its batch's, which may be
+    /// in flight in another group at the same time).
+    fn in_flight_events(&self) -> u64 {
+        if self.whole.is_some() {
+            0
+        } else {
+            u64::from(self.batch.events)
         }
     }
 }
@@ -360,16 +401,18 @@ impl Dispatcher {
     /// events when the slot was not done yet.
     fn resolve_slot(&mut self, seq: u64, g: usize) -> Option<u32> {
         let b = self.batches.get_mut(&seq)?;
+        let in_flight_events = b.in_flight_events();
         let slot = b.slots.get_mut(g)?;
         match *slot {
-            Slot::Done => return None,
+            // A split slot is resolved by its parts (`part_resolved`).
+            Slot::Done | Slot::Split { .. } => return None,
             Slot::InFlight { member, .. } => {
                 if self.members[member].in_flight.remove(&seq).is_some() {
                     Counters::sub(&self.shared.endpoints[member].in_flight_batches, 1);
                 }
                 b.in_flight_groups -= 1;
                 if b.in_flight_groups == 0 {
-                    Counters::sub(&self.shared.counters.in_flight, u64::from(b.batch.events));
+                    Counters::sub(&self.shared.counters.in_flight, in_flight_events);
                 }
             }
             Slot::Pending { .. } => {}
@@ -451,6 +494,10 @@ impl Dispatcher {
             return;
         };
         self.parts.remove(&seq);
+        if let Some((whole, g)) = b.whole {
+            self.part_resolved(whole, g, b.failed);
+            return;
+        }
         if !b.failed {
             Counters::add(&self.shared.counters.acked, u64::from(b.batch.events));
         }
@@ -537,7 +584,7 @@ impl Dispatcher {
                 };
                 b.in_flight_groups -= 1;
                 if b.in_flight_groups == 0 {
-                    Counters::sub(&self.shared.counters.in_flight, u64::from(b.batch.events));
+                    Counters::sub(&self.shared.counters.in_flight, b.in_flight_events());
                 }
                 self.groups[g].pending.push_front(seq);
             }
@@ -586,9 +633,13 @@ impl Dispatcher {
                 let group = &mut self.groups[g];
                 let Some(choice) = pick(group.mode, &views, &mut group.cursor, avoid) else {
                     if declined && !views.iter().any(|v| v.healthy) {
-                        // Healthy members, none of which admits this batch, and it cannot be
-                        // split (that was tried above): park it until a member that admits it
-                        // comes up.
+                        // Healthy members, none of which admits this batch, and it was sent in
+                        // another group (or it would have been split above): split it for this
+                        // group if it was never sent here; else park it until a member that
+                        // admits it comes up.
+                        if sends == 0 && self.split_for_group(seq, g) {
+                            continue;
+                        }
                         self.park(seq, g);
                         continue;
                     }
@@ -618,7 +669,7 @@ impl Dispatcher {
                     };
                     b.in_flight_groups += 1;
                     if b.in_flight_groups == 1 {
-                        Counters::add(&self.shared.counters.in_flight, u64::from(b.batch.events));
+                        Counters::add(&self.shared.counters.in_flight, b.in_flight_events());
                     }
                 }
             }
@@ -691,6 +742,76 @@ impl Dispatcher {
             self.batches.insert(part_seq, InBatch::new(part, n));
         }
         true
+    }
+
+    /// Replaces the batch at the front of group `g`'s queue, in `g` only, by parts that every
+    /// healthy member of `g` admits, under fresh seqs (`g` is a cluster of its own and never saw
+    /// the batch's). The batch's slot in `g` waits for the parts (`part_resolved`). `false`
+    /// (nothing done) when it fits whole or is one event.
+    fn split_for_group(&mut self, seq: u64, g: usize) -> bool {
+        let limits = self.groups[g]
+            .members
+            .iter()
+            .map(|&i| &self.members[i])
+            .filter(|m| m.state == EndpointState::Connected)
+            .filter_map(|m| m.limits)
+            .reduce(BatchLimits::min);
+        let (Some(limits), Some(b)) = (limits, self.batches.get(&seq)) else {
+            return false;
+        };
+        if b.batch.events <= 1 {
+            return false;
+        }
+        let split = self.shared.lock_open().batcher.split(&b.batch, limits);
+        // An error cannot happen (this publisher encoded the frame): the batch is parked.
+        let Ok(parts) = split.inspect_err(|e| tracing::error!(seq, "could not split: {e}")) else {
+            return false;
+        };
+        if parts.len() < 2 {
+            return false;
+        }
+        tracing::debug!(
+            seq,
+            group = g,
+            events = b.batch.events,
+            parts = parts.len(),
+            "batch split for one group to fit the limits its workers announced"
+        );
+        Counters::add(
+            &self.shared.counters.batches,
+            u64::try_from(parts.len()).unwrap_or(0),
+        );
+        let origin = self.parts.get(&seq).copied().unwrap_or(seq);
+        if let Some(b) = self.batches.get_mut(&seq) {
+            b.slots[g] = Slot::Split { left: parts.len() };
+        }
+        self.groups[g].pending.pop_front();
+        let n = self.groups.len();
+        for part in parts.into_iter().rev() {
+            let part_seq = part.seq;
+            self.groups[g].pending.push_front(part_seq);
+            self.parts.insert(part_seq, origin);
+            self.batches
+                .insert(part_seq, InBatch::part_for_group(part, n, g, seq));
+        }
+        true
+    }
+
+    /// One part of batch `whole` (split for group `g` alone) is resolved: the batch's slot in
+    /// `g` is done with the last one, failed if any part failed.
+    fn part_resolved(&mut self, whole: u64, g: usize, failed: bool) {
+        let Some(b) = self.batches.get_mut(&whole) else {
+            return;
+        };
+        b.failed |= failed;
+        if let Slot::Split { left } = &mut b.slots[g] {
+            *left -= 1;
+            if *left == 0 {
+                b.slots[g] = Slot::Done;
+                b.unresolved -= 1;
+            }
+        }
+        self.maybe_finish(whole);
     }
 
     /// Takes the batch at the front of group `g`'s queue aside until a member of the group
@@ -789,6 +910,24 @@ impl Dispatcher {
 
     /// Fails every unresolved group of a batch with `reason`.
     fn fail_batch(&mut self, seq: u64, reason: &str, detail: impl Fn() -> String) {
+        self.fail_batch_with(seq, reason, &detail);
+    }
+
+    fn fail_batch_with(&mut self, seq: u64, reason: &str, detail: &dyn Fn() -> String) {
+        // A group it was split for fails through its parts (each counted and reported there).
+        let parts: Vec<u64> = self
+            .parts
+            .keys()
+            .copied()
+            .filter(|p| {
+                self.batches
+                    .get(p)
+                    .is_some_and(|b| b.whole.is_some_and(|(w, _)| w == seq))
+            })
+            .collect();
+        for part in parts {
+            self.fail_batch_with(part, reason, detail);
+        }
         let groups = self.groups.len();
         let mut touched = Vec::new();
         for g in 0..groups {
@@ -870,7 +1009,9 @@ impl Dispatcher {
         let seqs: Vec<u64> = self.batches.keys().copied().collect();
         let mut undelivered = 0;
         for seq in seqs {
-            if let Some(b) = self.batches.get(&seq) {
+            if let Some(b) = self.batches.get(&seq)
+                && b.whole.is_none()
+            {
                 undelivered += u64::from(b.batch.events);
             }
             self.fail_batch(seq, FAILED_CLOSED, || "the publisher was closed".to_owned());

@@ -28,7 +28,8 @@ pub struct Stats {
     pub buffered_bytes: u64,
     /// Events acked (by every group).
     pub acked: u64,
-    /// Batches sealed (a batch split to fit a worker's smaller limits counts as its parts).
+    /// Batches sealed (a batch split to fit a worker's smaller limits counts as its parts; one
+    /// split for one group alone, as itself and its parts).
     pub batches: u64,
     /// Batch sends that were re-sends (after a worker failed, timed out or said goodbye).
     pub retried: u64,

@@ -1,8 +1,12 @@
 //! Failures: a killed member, ack timeouts, silent workers, goodbye, rejects.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use shardtally_publisher::{EndpointState, Event, FAILED_REJECTED, Publisher};
+use shardtally_publisher::{
+    EndpointState, Event, FAILED_CLOSED, FAILED_DEADLINE, FAILED_REJECTED, Outcome, PublishError,
+    Publisher,
+};
 
 use crate::common::{
     Ledger, ServerConfig, TestServer, bounded, endpoint, free_addr, geo_schema, geo_values,
@@ -130,6 +134,117 @@ async fn a_resent_batch_too_large_for_the_others_waits_for_a_worker_that_admits_
     assert_eq!(ledger.events(), 1200);
     ledger.assert_each_ts_once(1200);
     assert_eq!(ledger.duplicate_batches(), 1);
+}
+
+/// Two groups (two clusters): a 1,000-event batch already sent to group 0's worker, then group
+/// 1's only worker comes up announcing at most 100 events per batch. The batch cannot be split
+/// for both groups (group 0 may have committed its seq), but group 1 never saw it: it is split
+/// there alone, and each cluster gets every event once.
+async fn two_groups_with_one_sent_batch(
+    small_acks: bool,
+    deadline: Duration,
+) -> (Publisher, Arc<Ledger>, Arc<Ledger>, TestServer, TestServer) {
+    let (ledger0, ledger1) = (Ledger::new(), Ledger::new());
+    let big = TestServer::start(ServerConfig::new("big"), ledger0.clone()).await;
+    let small_addr = free_addr().await;
+    let publisher = Publisher::builder(&format!("{{{}}},{{tcp://{small_addr}}}", big.url()))
+        .schema(geo_schema())
+        .batch_max_events(1000)
+        .delivery_deadline(deadline)
+        .delivery_reports(true)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .build()
+        .unwrap();
+    wait_until(10, "big connected", || {
+        endpoint(&publisher.stats(), &big.url()).state == EndpointState::Connected
+    })
+    .await;
+    for i in 0..1000 {
+        publisher
+            .publish_values("geo", &geo_values(i))
+            .await
+            .unwrap();
+    }
+    wait_until(10, "group 0 commits the batch", || ledger0.events() == 1000).await;
+    let mut config = ServerConfig::new("small");
+    config.max_batch_events = 100;
+    let small = TestServer::start_on(small_addr, config, ledger1.clone()).await;
+    if !small_acks {
+        small.stop_acking();
+    }
+    (publisher, ledger0, ledger1, big, small)
+}
+
+#[tokio::test]
+async fn a_batch_sent_in_one_group_is_split_for_a_group_whose_workers_admit_less() {
+    let (publisher, ledger0, ledger1, big, small) =
+        two_groups_with_one_sent_batch(true, Duration::from_secs(120)).await;
+    let mut reports = publisher.take_delivery_reports().unwrap();
+    bounded(30, "flush", publisher.flush()).await.unwrap();
+    let stats = publisher.stats();
+    assert_eq!(stats.acked, 1000, "{stats:?}");
+    assert_eq!(stats.failed_total(), 0, "{stats:?}");
+    assert_eq!(
+        (stats.queued, stats.in_flight, stats.buffered_bytes),
+        (0, 0, 0)
+    );
+    // The batch, and its ten parts in group 1.
+    assert_eq!(stats.batches, 11);
+    assert_eq!((big.received_batches(), big.rejected()), (1, 0));
+    assert_eq!((small.received_batches(), small.rejected()), (10, 0));
+    assert_eq!(endpoint(&stats, &small.url()).acked, 1000);
+    ledger0.assert_each_ts_once(1000);
+    ledger1.assert_each_ts_once(1000);
+    assert_eq!(ledger1.duplicate_batches(), 0);
+    let mut per_group = [(0u32, 0u32); 2];
+    while let Ok(r) = reports.try_recv() {
+        assert!(matches!(r.outcome, Outcome::Acked { .. }), "{r:?}");
+        assert_eq!(r.published_at.len(), r.events as usize);
+        per_group[r.group].0 += 1;
+        per_group[r.group].1 += r.events;
+    }
+    assert_eq!(per_group, [(1, 1000), (10, 1000)]);
+}
+
+#[tokio::test]
+async fn parts_for_one_group_that_miss_the_deadline_fail_their_events_once() {
+    let (publisher, ledger0, _ledger1, _big, small) =
+        two_groups_with_one_sent_batch(false, Duration::from_secs(3)).await;
+    wait_until(10, "group 1 holds the parts", || small.held() == 10).await;
+    bounded(30, "flush", publisher.flush()).await.unwrap();
+    let stats = publisher.stats();
+    // Committed by group 0, lost in group 1: failed, not acked (acked means by every group).
+    assert_eq!(stats.acked, 0, "{stats:?}");
+    assert_eq!(stats.failed.get(FAILED_DEADLINE), Some(&1000), "{stats:?}");
+    assert_eq!(stats.failed_total(), 1000, "{stats:?}");
+    assert_eq!(
+        (stats.queued, stats.in_flight, stats.buffered_bytes),
+        (0, 0, 0)
+    );
+    assert_eq!(ledger0.events(), 1000);
+}
+
+#[tokio::test]
+async fn closing_with_parts_for_one_group_unacked_fails_their_events_once() {
+    let (publisher, _ledger0, _ledger1, _big, small) =
+        two_groups_with_one_sent_batch(false, Duration::from_secs(120)).await;
+    wait_until(10, "group 1 holds the parts", || small.held() == 10).await;
+    let closed = bounded(30, "close", publisher.close(Duration::from_millis(200))).await;
+    assert!(
+        matches!(
+            closed,
+            Err(PublishError::CloseTimeout { undelivered: 1000 })
+        ),
+        "{closed:?}"
+    );
+    let stats = publisher.stats();
+    assert_eq!(stats.acked, 0, "{stats:?}");
+    assert_eq!(stats.failed.get(FAILED_CLOSED), Some(&1000), "{stats:?}");
+    assert_eq!(stats.failed_total(), 1000, "{stats:?}");
+    assert_eq!(
+        (stats.queued, stats.in_flight, stats.buffered_bytes),
+        (0, 0, 0)
+    );
 }
 
 #[tokio::test]
