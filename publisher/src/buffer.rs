@@ -2,7 +2,8 @@
 //! when that is reached.
 //!
 //! An event occupies the buffer from `publish` until its batch is acked (or fails) in every
-//! group. Reservation is two atomic adds with rollback, so it never overshoots the bounds.
+//! group. Taking room is two atomic adds with rollback ([`Buffer::try_reserve`]), so it never
+//! overshoots the bounds.
 //!
 //! The counters are shared with the background task, which gives room back as batches are
 //! acked, so `publish` takes room for many events at a time ([`Credit`], kept under the batcher's

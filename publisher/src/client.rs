@@ -67,6 +67,14 @@ impl Shared {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Events and bytes the buffer holds: its counters net of the credit (room taken ahead).
+    pub(crate) fn held(&self, open: &Open) -> (u64, u64) {
+        (
+            self.buffer.events().saturating_sub(open.credit.events),
+            self.buffer.bytes().saturating_sub(open.credit.bytes),
+        )
+    }
+
     /// Seals every open batch and gives the buffer credit back (on close and shutdown).
     pub(crate) fn seal_all_returning_credit(&self, open: &mut Open) {
         open.batcher.seal_all(&mut |b| self.send_batch(b));
@@ -283,9 +291,10 @@ impl Publisher {
                 return result;
             }
             if tokio::time::timeout_at(until, notified).await.is_err() {
+                let (events, bytes) = shared.held(&shared.lock_open());
                 let result = Err(PublishError::BufferFull {
-                    events: shared.buffer.events(),
-                    bytes: shared.buffer.bytes(),
+                    events,
+                    bytes,
                     waited: start.elapsed(),
                 });
                 shared.count(&result);
@@ -351,13 +360,9 @@ impl Publisher {
         let shared = &self.inner.shared;
         let c = &shared.counters;
         // The credit is room taken, not events held: net of it, read under the same lock.
-        let (published, buffered, buffered_bytes) = {
+        let (published, (buffered, buffered_bytes)) = {
             let open = shared.lock_open();
-            (
-                open.batcher.published(),
-                shared.buffer.events().saturating_sub(open.credit.events),
-                shared.buffer.bytes().saturating_sub(open.credit.bytes),
-            )
+            (open.batcher.published(), shared.held(&open))
         };
         let in_flight = Counters::get(&c.in_flight);
         let reasons = c.reasons.lock().unwrap_or_else(|e| e.into_inner());

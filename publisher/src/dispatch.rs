@@ -7,8 +7,9 @@
 //!  flush/close ──Command─────────▶ └────────────┘ ──▶ Stats, DeliveryReport, buffer release
 //! ```
 //!
-//! Per group, each batch is in one of three states: pending (in the group's queue), in flight on
-//! one member, or done (acked or failed). A member that fails (connect/write error, ERROR,
+//! Per group, each batch is in one of four states: pending (in the group's queue), in flight on
+//! one member, split for this group alone (waiting for its parts, below), or done (acked or
+//! failed). A member that fails (connect/write error, ERROR,
 //! heartbeat, ack timeout) is backed off and its in-flight batches go back to the front of the
 //! queue, marked to avoid that member while another is healthy.
 //!
@@ -77,14 +78,20 @@ struct InBatch {
     /// One per group.
     slots: Vec<Slot>,
     unresolved: usize,
+    /// Groups that have it in flight, plus its parts in flight (a batch split for one group).
     in_flight_groups: usize,
+    /// Failed in some group as a whole: none of its events count as acked.
     failed: bool,
-    /// A part of a batch split for one group alone: (that batch's seq, the group). It holds no
-    /// buffer room and no count of its own: its batch does.
+    /// Events of its parts (split for one group) that failed there: not counted as acked.
+    failed_part_events: u64,
+    /// A part of a batch split for one group alone: (that batch's seq, the group). Its buffer
+    /// room, `acked` and `in_flight` counts are its batch's; it is a batch of its own for the
+    /// `batches`, endpoint and `failed` counts and in delivery reports.
     whole: Option<(u64, usize)>,
 }
 
-/// Whether a batch was never sent in any group (so its seq can be given up for parts').
+/// Whether a batch was never sent in any group (so its seq can be given up for parts'). Never
+/// true of a part split for one group (done in the others): it can only be split again there.
 fn never_sent(b: &InBatch) -> bool {
     b.slots
         .iter()
@@ -106,6 +113,7 @@ impl InBatch {
             unresolved: groups,
             in_flight_groups: 0,
             failed: false,
+            failed_part_events: 0,
             whole: None,
         }
     }
@@ -122,17 +130,6 @@ impl InBatch {
         b.whole = Some((whole, g));
         b
     }
-
-    /// The events this batch adds to the `in_flight` count while some group has it in flight:
-    /// none for a part of a batch split for one group (its events are its batch's, which may be
-    /// in flight in another group at the same time).
-    fn in_flight_events(&self) -> u64 {
-        if self.whole.is_some() {
-            0
-        } else {
-            u64::from(self.batch.events)
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -142,7 +139,8 @@ struct Group {
     members: Vec<usize>,
     cursor: usize,
     pending: VecDeque<u64>,
-    /// Batches no healthy member admits and that cannot be split (already sent, or one event):
+    /// Batches no healthy member admits and that cannot be split (sent in this group already, or
+    /// one event):
     /// back to the front of `pending` when a member of the group comes up.
     parked: Vec<u64>,
 }
@@ -401,25 +399,47 @@ impl Dispatcher {
     /// events when the slot was not done yet.
     fn resolve_slot(&mut self, seq: u64, g: usize) -> Option<u32> {
         let b = self.batches.get_mut(&seq)?;
-        let in_flight_events = b.in_flight_events();
         let slot = b.slots.get_mut(g)?;
-        match *slot {
+        let member = match *slot {
             // A split slot is resolved by its parts (`part_resolved`).
             Slot::Done | Slot::Split { .. } => return None,
-            Slot::InFlight { member, .. } => {
-                if self.members[member].in_flight.remove(&seq).is_some() {
-                    Counters::sub(&self.shared.endpoints[member].in_flight_batches, 1);
-                }
-                b.in_flight_groups -= 1;
-                if b.in_flight_groups == 0 {
-                    Counters::sub(&self.shared.counters.in_flight, in_flight_events);
-                }
-            }
-            Slot::Pending { .. } => {}
-        }
+            Slot::InFlight { member, .. } => Some(member),
+            Slot::Pending { .. } => None,
+        };
         *slot = Slot::Done;
         b.unresolved -= 1;
-        Some(b.batch.events)
+        let events = b.batch.events;
+        if let Some(member) = member {
+            if self.members[member].in_flight.remove(&seq).is_some() {
+                Counters::sub(&self.shared.endpoints[member].in_flight_batches, 1);
+            }
+            self.in_flight(seq, false);
+        }
+        Some(events)
+    }
+
+    /// One more (`true`) or one fewer group has `seq` in flight. The `in_flight` count holds a
+    /// batch's events while some group has it, or some part of it split for one group, in
+    /// flight: a part counts as one more group of its batch.
+    fn in_flight(&mut self, seq: u64, more: bool) {
+        let Some(b) = self.batches.get_mut(&seq) else {
+            return;
+        };
+        let edge = if more {
+            b.in_flight_groups += 1;
+            b.in_flight_groups == 1
+        } else {
+            b.in_flight_groups -= 1;
+            b.in_flight_groups == 0
+        };
+        if !edge {
+            return;
+        }
+        match b.whole {
+            Some((whole, _)) => self.in_flight(whole, more),
+            None if more => Counters::add(&self.shared.counters.in_flight, b.batch.events.into()),
+            None => Counters::sub(&self.shared.counters.in_flight, b.batch.events.into()),
+        }
     }
 
     fn on_ack(&mut self, m: usize, seq: u64) {
@@ -495,11 +515,17 @@ impl Dispatcher {
         };
         self.parts.remove(&seq);
         if let Some((whole, g)) = b.whole {
-            self.part_resolved(whole, g, b.failed);
+            let failed = if b.failed {
+                u64::from(b.batch.events)
+            } else {
+                b.failed_part_events
+            };
+            self.part_resolved(whole, g, failed);
             return;
         }
         if !b.failed {
-            Counters::add(&self.shared.counters.acked, u64::from(b.batch.events));
+            let acked = u64::from(b.batch.events).saturating_sub(b.failed_part_events);
+            Counters::add(&self.shared.counters.acked, acked);
         }
         self.shared
             .buffer
@@ -582,10 +608,7 @@ impl Dispatcher {
                     avoid: Some(m),
                     sends,
                 };
-                b.in_flight_groups -= 1;
-                if b.in_flight_groups == 0 {
-                    Counters::sub(&self.shared.counters.in_flight, b.in_flight_events());
-                }
+                self.in_flight(seq, false);
                 self.groups[g].pending.push_front(seq);
             }
         }
@@ -667,10 +690,7 @@ impl Dispatcher {
                         member: m,
                         sends: sends + 1,
                     };
-                    b.in_flight_groups += 1;
-                    if b.in_flight_groups == 1 {
-                        Counters::add(&self.shared.counters.in_flight, b.in_flight_events());
-                    }
+                    self.in_flight(seq, true);
                 }
             }
         }
@@ -797,13 +817,14 @@ impl Dispatcher {
         true
     }
 
-    /// One part of batch `whole` (split for group `g` alone) is resolved: the batch's slot in
-    /// `g` is done with the last one, failed if any part failed.
-    fn part_resolved(&mut self, whole: u64, g: usize, failed: bool) {
+    /// One part of batch `whole` (split for group `g` alone) is resolved, its `failed_events`
+    /// failed: the batch's slot in `g` is done with the last one. What its failed parts held is
+    /// not counted as acked when the batch is.
+    fn part_resolved(&mut self, whole: u64, g: usize, failed_events: u64) {
         let Some(b) = self.batches.get_mut(&whole) else {
             return;
         };
-        b.failed |= failed;
+        b.failed_part_events += failed_events;
         if let Slot::Split { left } = &mut b.slots[g] {
             *left -= 1;
             if *left == 0 {
@@ -908,6 +929,26 @@ impl Dispatcher {
         }
     }
 
+    /// The events of `seq` not yet delivered to every group: all of them, unless it waits only
+    /// for parts split for one group (then theirs); none for a part (counted with its batch).
+    fn undelivered(&self, seq: u64) -> u64 {
+        let Some(b) = self.batches.get(&seq).filter(|b| b.whole.is_none()) else {
+            return 0;
+        };
+        let waits_for_itself = b
+            .slots
+            .iter()
+            .any(|s| matches!(s, Slot::Pending { .. } | Slot::InFlight { .. }));
+        if waits_for_itself {
+            return u64::from(b.batch.events);
+        }
+        self.batches
+            .values()
+            .filter(|p| p.whole.is_some_and(|(w, _)| w == seq))
+            .map(|p| u64::from(p.batch.events))
+            .sum()
+    }
+
     /// Fails every unresolved group of a batch with `reason`.
     fn fail_batch(&mut self, seq: u64, reason: &str, detail: impl Fn() -> String) {
         self.fail_batch_with(seq, reason, &detail);
@@ -1009,11 +1050,7 @@ impl Dispatcher {
         let seqs: Vec<u64> = self.batches.keys().copied().collect();
         let mut undelivered = 0;
         for seq in seqs {
-            if let Some(b) = self.batches.get(&seq)
-                && b.whole.is_none()
-            {
-                undelivered += u64::from(b.batch.events);
-            }
+            undelivered += self.undelivered(seq);
             self.fail_batch(seq, FAILED_CLOSED, || "the publisher was closed".to_owned());
         }
         for m in 0..self.members.len() {

@@ -1,4 +1,5 @@
-//! Delivery reports: one per batch per group, for callers that measure end-to-end latency
+//! Delivery reports: one per batch per group (a batch split for one group alone: one per part
+//! there instead), for callers that measure end-to-end latency
 //! (the load generator). Enable with
 //! [`PublisherBuilder::delivery_reports`](crate::PublisherBuilder::delivery_reports).
 

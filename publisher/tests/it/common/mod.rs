@@ -138,6 +138,8 @@ pub struct ServerConfig {
     pub auth_token: Option<String>,
     /// Announced in WELCOME and enforced: a larger batch is rejected `TooLarge`.
     pub max_batch_events: u32,
+    /// How many batches it acks; the ones after are committed and held unacked.
+    pub acks: u64,
 }
 
 impl ServerConfig {
@@ -147,6 +149,7 @@ impl ServerConfig {
             schemas: vec![geo_schema()],
             auth_token: None,
             max_batch_events: 100_000,
+            acks: u64::MAX,
         }
     }
 }
@@ -155,6 +158,7 @@ struct State {
     config: ServerConfig,
     ledger: Arc<Ledger>,
     acking: AtomicBool,
+    acks_left: AtomicU64,
     frozen: AtomicBool,
     received_batches: AtomicU64,
     held: AtomicU64,
@@ -190,6 +194,7 @@ impl TestServer {
     fn serve(listener: TcpListener, config: ServerConfig, ledger: Arc<Ledger>) -> TestServer {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
+            acks_left: AtomicU64::new(config.acks),
             config,
             ledger,
             acking: AtomicBool::new(true),
@@ -352,7 +357,14 @@ async fn handle(socket: TcpStream, st: Arc<State>) {
                             u64::from(batch.event_count),
                             &ts,
                         );
-                        if st.acking.load(Ordering::SeqCst) {
+                        let ack = st.acking.load(Ordering::SeqCst)
+                            && st
+                                .acks_left
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                    n.checked_sub(1)
+                                })
+                                .is_ok();
+                        if ack {
                             Some(Frame::Ack { seq: batch.seq })
                         } else {
                             st.held.fetch_add(1, Ordering::SeqCst);
