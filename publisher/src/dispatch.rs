@@ -9,9 +9,9 @@
 //!
 //! Per group, each batch is in one of four states: pending (in the group's queue), in flight on
 //! one member, split for this group alone (waiting for its parts, below), or done (acked or
-//! failed). A member that fails (connect/write error, ERROR,
-//! heartbeat, ack timeout) is backed off and its in-flight batches go back to the front of the
-//! queue, marked to avoid that member while another is healthy.
+//! failed). A member that fails (connect/write error, ERROR, heartbeat, ack timeout) is backed
+//! off and its in-flight batches go back to the front of the queue, marked to avoid that member
+//! while another is healthy.
 //!
 //! A batch is sent only to a member whose announced limits (WELCOME's `max_batch_events`,
 //! `max_frame_len`) admit it. One that every healthy member of some group declines — sealed
@@ -140,8 +140,7 @@ struct Group {
     cursor: usize,
     pending: VecDeque<u64>,
     /// Batches no healthy member admits and that cannot be split (sent in this group already, or
-    /// one event):
-    /// back to the front of `pending` when a member of the group comes up.
+    /// one event): back to the front of `pending` when a member of the group comes up.
     parked: Vec<u64>,
 }
 
