@@ -716,12 +716,7 @@ impl Dispatcher {
             return false;
         };
         // The parts replace the batch in every group: they fit every healthy member.
-        let limits = self
-            .members
-            .iter()
-            .filter(|m| m.state == EndpointState::Connected)
-            .filter_map(|m| m.limits)
-            .reduce(BatchLimits::min);
+        let limits = self.healthy_limits(0..self.members.len());
         let Some(limits) = limits.filter(|_| never_sent(b) && b.batch.events > 1) else {
             return false;
         };
@@ -768,13 +763,7 @@ impl Dispatcher {
     /// the batch's). The batch's slot in `g` waits for the parts (`part_resolved`). `false`
     /// (nothing done) when it fits whole or is one event.
     fn split_for_group(&mut self, seq: u64, g: usize) -> bool {
-        let limits = self.groups[g]
-            .members
-            .iter()
-            .map(|&i| &self.members[i])
-            .filter(|m| m.state == EndpointState::Connected)
-            .filter_map(|m| m.limits)
-            .reduce(BatchLimits::min);
+        let limits = self.healthy_limits(self.groups[g].members.iter().copied());
         let (Some(limits), Some(b)) = (limits, self.batches.get(&seq)) else {
             return false;
         };
@@ -814,6 +803,15 @@ impl Dispatcher {
                 .insert(part_seq, InBatch::part_for_group(part, n, g, seq));
         }
         true
+    }
+
+    /// The tightest limits the connected ones of `members` announced (`None`: none is).
+    fn healthy_limits(&self, members: impl Iterator<Item = usize>) -> Option<BatchLimits> {
+        members
+            .map(|i| &self.members[i])
+            .filter(|m| m.state == EndpointState::Connected)
+            .filter_map(|m| m.limits)
+            .reduce(BatchLimits::min)
     }
 
     /// One part of batch `whole` (split for group `g` alone) is resolved, its `failed_events`
@@ -941,11 +939,32 @@ impl Dispatcher {
         if waits_for_itself {
             return u64::from(b.batch.events);
         }
-        self.batches
-            .values()
-            .filter(|p| p.whole.is_some_and(|(w, _)| w == seq))
+        self.parts_for_groups(seq)
+            .iter()
+            .filter_map(|p| self.batches.get(p))
             .map(|p| u64::from(p.batch.events))
             .sum()
+    }
+
+    /// The parts still open of batch `seq`, split for one group alone (none unless some slot of
+    /// it is split).
+    fn parts_for_groups(&self, seq: u64) -> Vec<u64> {
+        let split = self
+            .batches
+            .get(&seq)
+            .is_some_and(|b| b.slots.iter().any(|s| matches!(s, Slot::Split { .. })));
+        if !split {
+            return Vec::new();
+        }
+        self.parts
+            .keys()
+            .copied()
+            .filter(|p| {
+                self.batches
+                    .get(p)
+                    .is_some_and(|b| b.whole.is_some_and(|(w, _)| w == seq))
+            })
+            .collect()
     }
 
     /// Fails every unresolved group of a batch with `reason`.
@@ -955,17 +974,7 @@ impl Dispatcher {
 
     fn fail_batch_with(&mut self, seq: u64, reason: &str, detail: &dyn Fn() -> String) {
         // A group it was split for fails through its parts (each counted and reported there).
-        let parts: Vec<u64> = self
-            .parts
-            .keys()
-            .copied()
-            .filter(|p| {
-                self.batches
-                    .get(p)
-                    .is_some_and(|b| b.whole.is_some_and(|(w, _)| w == seq))
-            })
-            .collect();
-        for part in parts {
+        for part in self.parts_for_groups(seq) {
             self.fail_batch_with(part, reason, detail);
         }
         let groups = self.groups.len();

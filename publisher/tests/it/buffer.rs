@@ -7,7 +7,9 @@ use shardtally_publisher::{
     DROPPED_BUFFER_FULL, FAILED_CLOSED, FAILED_DEADLINE, FullPolicy, PublishError, Publisher,
 };
 
-use crate::common::{Ledger, ServerConfig, TestServer, bounded, free_addr, geo_schema, geo_values};
+use crate::common::{
+    Ledger, ServerConfig, TestServer, bounded, free_addr, geo_schema, geo_values, publish_geo,
+};
 
 fn down_publisher(url: &str, policy: FullPolicy) -> Publisher {
     Publisher::builder(url)
@@ -56,12 +58,7 @@ async fn block_waits_for_its_timeout_then_drops() {
     let x = free_addr().await;
     let timeout = Duration::from_millis(50);
     let publisher = down_publisher(&format!("tcp://{x}"), FullPolicy::Block { timeout });
-    for i in 0..100 {
-        publisher
-            .publish_values("geo", &geo_values(i))
-            .await
-            .unwrap();
-    }
+    publish_geo(&publisher, 0..100).await;
     let err = bounded(
         10,
         "blocked publish",
@@ -97,12 +94,7 @@ async fn a_blocked_publish_proceeds_when_space_frees_up() {
         .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(20))
         .build()
         .unwrap();
-    for i in 0..20 {
-        publisher
-            .publish_values("geo", &geo_values(i))
-            .await
-            .unwrap();
-    }
+    publish_geo(&publisher, 0..20).await;
     let blocked = {
         let p = publisher.clone();
         tokio::spawn(async move { p.publish_values("geo", &geo_values(20)).await })
@@ -132,12 +124,7 @@ async fn the_delivery_deadline_fails_what_cannot_be_delivered() {
         .build()
         .unwrap();
     let mut reports = publisher.take_delivery_reports().unwrap();
-    for i in 0..10 {
-        publisher
-            .publish_values("geo", &geo_values(i))
-            .await
-            .unwrap();
-    }
+    publish_geo(&publisher, 0..10).await;
     bounded(10, "flush", publisher.flush()).await.unwrap();
     let stats = publisher.stats();
     assert_eq!(stats.failed.get(FAILED_DEADLINE), Some(&10));
@@ -154,12 +141,7 @@ async fn the_delivery_deadline_fails_what_cannot_be_delivered() {
 async fn close_gives_up_after_its_timeout_and_counts_what_was_left() {
     let x = free_addr().await;
     let publisher = down_publisher(&format!("tcp://{x}"), FullPolicy::DropNewest);
-    for i in 0..15 {
-        publisher
-            .publish_values("geo", &geo_values(i))
-            .await
-            .unwrap();
-    }
+    publish_geo(&publisher, 0..15).await;
     let err = bounded(10, "close", publisher.close(Duration::from_millis(50)))
         .await
         .unwrap_err();

@@ -5,7 +5,7 @@ use std::time::Duration;
 use shardtally_publisher::{Event, Outcome, Publisher};
 
 use crate::common::{
-    Ledger, ServerConfig, TestServer, bounded, endpoint, geo_schema, geo_values, wait_connected,
+    Ledger, ServerConfig, TestServer, bounded, endpoint, geo_schema, publish_geo, wait_connected,
 };
 
 #[tokio::test]
@@ -18,12 +18,7 @@ async fn events_are_delivered_and_acked_exactly_once() {
         .build()
         .unwrap();
     bounded(30, "publish and flush", async {
-        for i in 0..1234 {
-            publisher
-                .publish_values("geo", &geo_values(i))
-                .await
-                .unwrap();
-        }
+        publish_geo(&publisher, 0..1234).await;
         publisher.flush().await.unwrap();
     })
     .await;
@@ -60,12 +55,7 @@ async fn round_robin_is_even_over_healthy_members() {
         .unwrap();
     wait_connected(&publisher).await;
     bounded(30, "publish and flush", async {
-        for i in 0..3000 {
-            publisher
-                .publish_values("geo", &geo_values(i))
-                .await
-                .unwrap();
-        }
+        publish_geo(&publisher, 0..3000).await;
         publisher.flush().await.unwrap();
     })
     .await;
@@ -91,12 +81,7 @@ async fn failover_group_uses_the_first_healthy_member_in_order() {
         .unwrap();
     wait_connected(&publisher).await;
     bounded(30, "first half", async {
-        for i in 0..500 {
-            publisher
-                .publish_values("geo", &geo_values(i))
-                .await
-                .unwrap();
-        }
+        publish_geo(&publisher, 0..500).await;
         publisher.flush().await.unwrap();
     })
     .await;
@@ -105,12 +90,7 @@ async fn failover_group_uses_the_first_healthy_member_in_order() {
     assert_eq!(endpoint(&stats, &b.url()).acked, 0);
     a.kill();
     bounded(30, "second half", async {
-        for i in 500..1000 {
-            publisher
-                .publish_values("geo", &geo_values(i))
-                .await
-                .unwrap();
-        }
+        publish_geo(&publisher, 500..1000).await;
         publisher.flush().await.unwrap();
     })
     .await;
@@ -137,12 +117,7 @@ async fn every_group_receives_every_batch() {
     let mut reports = publisher.take_delivery_reports().unwrap();
     assert!(publisher.take_delivery_reports().is_none());
     bounded(30, "publish and flush", async {
-        for i in 0..1000 {
-            publisher
-                .publish_values("geo", &geo_values(i))
-                .await
-                .unwrap();
-        }
+        publish_geo(&publisher, 0..1000).await;
         publisher.flush().await.unwrap();
     })
     .await;

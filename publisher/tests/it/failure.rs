@@ -10,7 +10,7 @@ use shardtally_publisher::{
 
 use crate::common::{
     Ledger, ServerConfig, TestServer, bounded, endpoint, free_addr, geo_schema, geo_values,
-    wait_connected, wait_until,
+    publish_geo, wait_connected, wait_endpoint_connected, wait_until,
 };
 
 #[tokio::test]
@@ -27,23 +27,13 @@ async fn a_member_killed_mid_stream_loses_and_duplicates_nothing() {
         .unwrap();
     wait_connected(&publisher).await;
     bounded(30, "first half", async {
-        for i in 0..2500 {
-            publisher
-                .publish_values("geo", &geo_values(i))
-                .await
-                .unwrap();
-        }
+        publish_geo(&publisher, 0..2500).await;
         publisher.flush().await.unwrap();
     })
     .await;
     // A commits what it receives from now on but never acks it; then it dies.
     a.stop_acking();
-    for i in 2500..5000 {
-        publisher
-            .publish_values("geo", &geo_values(i))
-            .await
-            .unwrap();
-    }
+    publish_geo(&publisher, 2500..5000).await;
     wait_until(10, "a holds unacked batches", || a.held() > 0).await;
     a.kill();
     bounded(30, "flush after the kill", publisher.flush())
@@ -90,34 +80,18 @@ async fn a_resent_batch_too_large_for_the_others_waits_for_a_worker_that_admits_
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
         .build()
         .unwrap();
-    wait_until(10, "big connected", || {
-        endpoint(&publisher.stats(), &big.url()).state == EndpointState::Connected
-    })
-    .await;
+    wait_endpoint_connected(&publisher, &big.url()).await;
     // One 1,000-event batch, committed by `big` but not acked.
     big.stop_acking();
-    for i in 0..1000 {
-        publisher
-            .publish_values("geo", &geo_values(i))
-            .await
-            .unwrap();
-    }
+    publish_geo(&publisher, 0..1000).await;
     wait_until(10, "big holds the batch", || big.held() == 1).await;
     let mut config = ServerConfig::new("small");
     config.max_batch_events = 100;
     let small = TestServer::start_on(small_addr, config, ledger.clone()).await;
-    wait_until(10, "small connected", || {
-        endpoint(&publisher.stats(), &small.url()).state == EndpointState::Connected
-    })
-    .await;
+    wait_endpoint_connected(&publisher, &small.url()).await;
     big.kill();
     // New batches (sealed at small's 100 events) go to small meanwhile.
-    for i in 1000..1200 {
-        publisher
-            .publish_values("geo", &geo_values(i))
-            .await
-            .unwrap();
-    }
+    publish_geo(&publisher, 1000..1200).await;
     wait_until(10, "small commits the new events", || {
         ledger.events_by("small") == 200
     })
@@ -155,16 +129,8 @@ async fn two_groups_with_one_sent_batch(
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
         .build()
         .unwrap();
-    wait_until(10, "big connected", || {
-        endpoint(&publisher.stats(), &big.url()).state == EndpointState::Connected
-    })
-    .await;
-    for i in 0..1000 {
-        publisher
-            .publish_values("geo", &geo_values(i))
-            .await
-            .unwrap();
-    }
+    wait_endpoint_connected(&publisher, &big.url()).await;
+    publish_geo(&publisher, 0..1000).await;
     wait_until(10, "group 0 commits the batch", || ledger0.events() == 1000).await;
     let mut config = ServerConfig::new("small");
     config.max_batch_events = 100;
@@ -271,12 +237,7 @@ async fn an_ack_timeout_resends_elsewhere() {
         .unwrap();
     wait_connected(&publisher).await;
     bounded(30, "publish and flush", async {
-        for i in 0..1000 {
-            publisher
-                .publish_values("geo", &geo_values(i))
-                .await
-                .unwrap();
-        }
+        publish_geo(&publisher, 0..1000).await;
         publisher.flush().await.unwrap();
     })
     .await;
@@ -320,12 +281,7 @@ async fn a_silent_worker_is_detected_by_heartbeats() {
     wait_connected(&publisher).await;
     a.freeze();
     bounded(30, "publish and flush", async {
-        for i in 0..100 {
-            publisher
-                .publish_values("geo", &geo_values(i))
-                .await
-                .unwrap();
-        }
+        publish_geo(&publisher, 0..100).await;
         publisher.flush().await.unwrap();
     })
     .await;
@@ -358,12 +314,7 @@ async fn after_goodbye_new_batches_go_elsewhere() {
     })
     .await;
     bounded(30, "publish and flush", async {
-        for i in 0..200 {
-            publisher
-                .publish_values("geo", &geo_values(i))
-                .await
-                .unwrap();
-        }
+        publish_geo(&publisher, 0..200).await;
         publisher.flush().await.unwrap();
     })
     .await;
@@ -484,12 +435,7 @@ async fn a_tls_member_whose_peer_does_not_speak_tls_fails_over_to_the_next() {
         .unwrap();
     assert!(error.starts_with("TLS handshake failed"), "{error}");
     bounded(30, "publish and flush", async {
-        for i in 0..10 {
-            publisher
-                .publish_values("geo", &geo_values(i))
-                .await
-                .unwrap();
-        }
+        publish_geo(&publisher, 0..10).await;
         publisher.flush().await.unwrap();
     })
     .await;

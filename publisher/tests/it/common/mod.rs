@@ -439,6 +439,24 @@ pub fn endpoint<'a>(stats: &'a Stats, url: &str) -> &'a shardtally_publisher::En
         .unwrap_or_else(|| panic!("no endpoint {url} in {stats:?}"))
 }
 
+/// Publishes the GeoLocation events `range` ([`geo_values`]), each of them accepted.
+pub async fn publish_geo(publisher: &Publisher, range: std::ops::Range<i64>) {
+    for i in range {
+        publisher
+            .publish_values("geo", &geo_values(i))
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until the publisher's endpoint `url` is connected.
+pub async fn wait_endpoint_connected(publisher: &Publisher, url: &str) {
+    wait_until(10, &format!("{url} connected"), || {
+        endpoint(&publisher.stats(), url).state == shardtally_publisher::EndpointState::Connected
+    })
+    .await;
+}
+
 /// Waits until every endpoint of the publisher is connected.
 pub async fn wait_connected(publisher: &Publisher) {
     wait_until(10, "all endpoints connected", || {
