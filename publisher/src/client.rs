@@ -433,7 +433,7 @@ impl PublisherBuilder {
             auth_token: String::new(),
             publisher_id_prefix: "shardtally".to_owned(),
             client_name: concat!("shardtally-publisher/", env!("CARGO_PKG_VERSION")).to_owned(),
-            batch_max_events: 1000,
+            batch_max_events: 10_000,
             batch_max_bytes: 1024 * 1024,
             linger: Duration::from_millis(10),
             buffer_max_events: 1_000_000,
@@ -484,7 +484,14 @@ impl PublisherBuilder {
         self
     }
 
-    /// Seal a batch at this many events (default 1000; lowered to a worker's limit).
+    /// Seal a batch at this many events (default 10,000; lowered to a worker's limit).
+    ///
+    /// At a gateway's usual rates a batch is sealed by [`linger`](PublisherBuilder::linger)
+    /// long before, and for events of more than ~100 bytes by
+    /// [`batch_max_bytes`](PublisherBuilder::batch_max_bytes); this bound matters for small
+    /// events at high rates, such as a replay of a log. There, larger batches send longer runs
+    /// of event time to one worker, so fewer `(key, second)` rows are written by both shards.
+    /// A re-send after a failover covers the same unacked events whatever their batches' size.
     #[must_use]
     pub fn batch_max_events(mut self, n: u32) -> PublisherBuilder {
         self.batch_max_events = n;
