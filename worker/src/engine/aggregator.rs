@@ -90,18 +90,40 @@ struct MeasureFold {
 }
 
 /// Interned group-by value tuples: each distinct tuple gets a dense id, kept across drains (up
-/// to [`GROUPS_RETAINED`] of them).
-#[derive(Debug, Clone, Default)]
+/// to [`GROUPS_RETAINED`] of them, taking up to [`GROUPS_RETAINED_BYTES`]).
+#[derive(Debug, Clone)]
 struct Groups {
     hasher: DefaultHashBuilder,
     /// Ids, hashed by their values.
     table: HashTable<u32>,
     /// Values by id.
     keys: Vec<Arc<[Value]>>,
+    /// About what `table` and `keys` take ([`Groups::footprint`] per group).
+    bytes: usize,
+    /// Past this many bytes, a drain forgets every group ([`GROUPS_RETAINED_BYTES`]).
+    retained_bytes: usize,
 }
 
 /// Interned groups kept across drains; past this many, a drain forgets them all.
 const GROUPS_RETAINED: usize = 1 << 20;
+
+/// The memory interned groups may keep across drains; past it, a drain forgets them all. Key
+/// strings may be up to 254 characters each: a million groups of three such keys would hold
+/// ~800 MB, where the count bound alone was meant to keep ~100 MB of short keys. A worker's
+/// other memory is bounded by its pending rows and events (`max_pending_rows`, …).
+const GROUPS_RETAINED_BYTES: usize = 64 << 20;
+
+impl Default for Groups {
+    fn default() -> Groups {
+        Groups {
+            hasher: DefaultHashBuilder::default(),
+            table: HashTable::new(),
+            keys: Vec::new(),
+            bytes: 0,
+            retained_bytes: GROUPS_RETAINED_BYTES,
+        }
+    }
+}
 
 impl Groups {
     fn hash_event(&self, event: &[ValueRef<'_>], key_idx: &[usize]) -> u64 {
@@ -149,6 +171,7 @@ impl Groups {
                 })
                 .collect(),
         );
+        self.bytes += Groups::footprint(&self.keys[id as usize]);
         let (hasher, keys) = (&self.hasher, &self.keys);
         self.table.insert_unique(hash, id, |&id| {
             Groups::hash_values(hasher, &keys[id as usize])
@@ -169,9 +192,33 @@ impl Groups {
         rank
     }
 
+    /// What one interned group takes: its strings, its values, the `Arc`'s counts, its slots
+    /// in `keys` and `table`.
+    fn footprint(key: &[Value]) -> usize {
+        let strings: usize = key
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => s.len(),
+                _ => 0,
+            })
+            .sum();
+        strings
+            + std::mem::size_of_val(key)
+            + 2 * std::mem::size_of::<usize>()
+            + std::mem::size_of::<Arc<[Value]>>()
+            + std::mem::size_of::<u32>()
+            + 1
+    }
+
+    /// Whether the groups outgrew what is kept across drains.
+    fn outgrown(&self) -> bool {
+        self.keys.len() > GROUPS_RETAINED || self.bytes > self.retained_bytes
+    }
+
     fn clear(&mut self) {
         self.table.clear();
         self.keys.clear();
+        self.bytes = 0;
     }
 }
 
@@ -605,7 +652,7 @@ impl Aggregator {
         self.latest_values = latest_values;
         self.measure_values = measure_values;
         self.accs.clear();
-        let forget = self.groups.keys.len() > GROUPS_RETAINED;
+        let forget = self.groups.outgrown();
         if forget {
             self.groups.clear();
         }

@@ -216,6 +216,51 @@ fn drain_rows_bound_counts_a_replay_exactly() {
     assert_eq!(agg.drain_rows_bound(), 0);
 }
 
+/// Interned groups are kept across drains up to a memory budget: long keys (up to 254
+/// characters each) must not let a million retained groups hold most of a gigabyte. Past the
+/// budget a drain forgets them all; counts stay exact either way.
+#[test]
+fn groups_past_their_memory_budget_are_forgotten_at_a_drain() {
+    let mut agg = aggregator(BUNDLED_GEO_APP, false);
+    let cities: Vec<String> = (0..60).map(|i| format!("{i:0>254}")).collect();
+    // The app groups by country and city.
+    let footprint = Groups::footprint(&[s("Italy"), s(&cities[0])]);
+    assert!(footprint > 254 + 5, "{footprint} bytes per group");
+    agg.groups.retained_bytes = 50 * footprint;
+    let t = ms("2026-11-20T10:15:00.500Z");
+    let seconds_counts = |agg: &mut Aggregator, cities: &[String]| -> BTreeMap<String, i64> {
+        for c in cities {
+            agg.record(&geo_event(c, t), 0);
+        }
+        let delta = agg.drain().expect("drain");
+        rows_of(&delta, Granularity::Seconds)
+            .iter()
+            .map(|r| match &r.keys[1] {
+                Value::String(city) => (city.clone(), r.count),
+                other => panic!("city {other:?}"),
+            })
+            .collect()
+    };
+    let ones = |cities: &[String]| {
+        cities
+            .iter()
+            .map(|c| (c.clone(), 1))
+            .collect::<BTreeMap<_, _>>()
+    };
+
+    // 40 groups: within the budget, kept.
+    assert_eq!(seconds_counts(&mut agg, &cities[..40]), ones(&cities[..40]));
+    assert_eq!(agg.groups.keys.len(), 40);
+    assert_eq!(agg.groups.bytes, 40 * footprint);
+    // 20 more: 60 groups' worth is over it; the drain forgets them all.
+    assert_eq!(seconds_counts(&mut agg, &cities[40..]), ones(&cities[40..]));
+    assert_eq!(agg.groups.keys.len(), 0);
+    assert_eq!(agg.groups.bytes, 0);
+    // Seen again, they are interned again, and counted as before.
+    assert_eq!(seconds_counts(&mut agg, &cities[..45]), ones(&cities[..45]));
+    assert_eq!(agg.groups.keys.len(), 45);
+}
+
 /// Out of time order the bound may over-count (groups × buckets, capped by the finest rows),
 /// never under: a commit is sized before it is drained.
 #[test]
