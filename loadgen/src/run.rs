@@ -678,8 +678,15 @@ fn build_publisher(
         schema,
         DELIVERY_DEADLINE,
     )
+    .batch_max_events(SCENARIO_BATCH_EVENTS)
     .build()
 }
+
+/// Events per batch for a scenario's publishers. A phase is a few thousand events, published
+/// in a few milliseconds: with the publisher's default (10,000) it would be one or two batches,
+/// reaching one or two workers of its route; 1,000-event batches spread it over all of them, so
+/// the merges across shards a scenario checks are exercised. (`bench` keeps the default.)
+const SCENARIO_BATCH_EVENTS: u32 = 1000;
 
 /// The settings every loadgen publisher (`run`'s and `bench`'s) shares: delivery reports on,
 /// `publish` waits up to [`BLOCK_TIMEOUT`] for buffer space, reconnects within 50–500 ms, and

@@ -107,11 +107,12 @@ struct Groups {
 /// Interned groups kept across drains; past this many, a drain forgets them all.
 const GROUPS_RETAINED: usize = 1 << 20;
 
-/// The memory interned groups may keep across drains; past it, a drain forgets them all. Key
-/// strings may be up to 254 characters each: a million groups of three such keys would hold
-/// ~800 MB, where the count bound alone was meant to keep ~100 MB of short keys. A worker's
-/// other memory is bounded by its pending rows and events (`max_pending_rows`, …).
-const GROUPS_RETAINED_BYTES: usize = 64 << 20;
+/// The memory interned groups may keep across drains, as [`Groups::footprint`] estimates it;
+/// past it, a drain forgets them all. Key strings may be up to 254 characters each: 2²⁰ groups
+/// of three such keys would hold ~800 MB, where the count bound alone was meant to keep ~100 MB
+/// of short keys (2²⁰ groups of two short strings: ~115 MB estimated, so short keys still reach
+/// the count first). A worker's other memory is bounded by its pending rows and events.
+const GROUPS_RETAINED_BYTES: usize = 128 << 20;
 
 impl Default for Groups {
     fn default() -> Groups {
@@ -192,8 +193,9 @@ impl Groups {
         rank
     }
 
-    /// What one interned group takes: its strings, its values, the `Arc`'s counts, its slots
-    /// in `keys` and `table`.
+    /// About what one interned group takes: its strings, its values, the `Arc`'s counts, its
+    /// slots in `keys` and `table` (not the allocator's or the table's slack, nor the capacity
+    /// `clear` keeps for the next groups).
     fn footprint(key: &[Value]) -> usize {
         let strings: usize = key
             .iter()
