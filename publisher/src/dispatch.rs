@@ -36,7 +36,7 @@ use crate::batch::{BatchLimits, SchemaSource, SealedBatch};
 use crate::client::Shared;
 use crate::connection::{self, ConnError, ConnEvent, ConnEventKind, ConnParams};
 use crate::endpoint::{GroupMode, MemberView, pick};
-use crate::protocol::{Hello, PROTOCOL_VERSION, RejectCode};
+use crate::protocol::{Hello, PROTOCOL_VERSION, ProtocolError, RejectCode};
 use crate::report::{DeliveryReport, Outcome};
 use crate::stats::{Counters, EndpointState, FAILED_CLOSED, FAILED_DEADLINE, FAILED_REJECTED};
 
@@ -717,16 +717,15 @@ impl Dispatcher {
         };
         // The parts replace the batch in every group: they fit every healthy member.
         let limits = self.healthy_limits(0..self.members.len());
-        let Some(limits) = limits.filter(|_| never_sent(b) && b.batch.events > 1) else {
+        let Some(limits) = limits.filter(|_| never_sent(b)) else {
             return false;
         };
-        let split = self.shared.lock_open().batcher.split(&b.batch, limits);
-        let parts = match split {
-            Ok(parts) if parts.len() > 1 => parts,
-            Ok(_) => return false,
+        let parts = match self.parts_within(&b.batch, limits) {
+            Ok(Some(parts)) => parts,
+            Ok(None) => return false,
             Err(e) => {
                 // Cannot happen: the frame was encoded by this publisher.
-                self.fail_batch(seq, FAILED_REJECTED, || {
+                self.fail_batch(seq, FAILED_REJECTED, &|| {
                     format!("could not be split to fit a worker's limits: {e}")
                 });
                 return true;
@@ -767,17 +766,12 @@ impl Dispatcher {
         let (Some(limits), Some(b)) = (limits, self.batches.get(&seq)) else {
             return false;
         };
-        if b.batch.events <= 1 {
-            return false;
-        }
-        let split = self.shared.lock_open().batcher.split(&b.batch, limits);
         // An error cannot happen (this publisher encoded the frame): the batch is parked.
-        let Ok(parts) = split.inspect_err(|e| tracing::error!(seq, "could not split: {e}")) else {
+        let split = self.parts_within(&b.batch, limits);
+        let Ok(Some(parts)) = split.inspect_err(|e| tracing::error!(seq, "could not split: {e}"))
+        else {
             return false;
         };
-        if parts.len() < 2 {
-            return false;
-        }
         tracing::debug!(
             seq,
             group = g,
@@ -803,6 +797,19 @@ impl Dispatcher {
                 .insert(part_seq, InBatch::part_for_group(part, n, g, seq));
         }
         true
+    }
+
+    /// `batch` re-encoded as parts within `limits` (`None`: it is one event, or fits whole).
+    fn parts_within(
+        &self,
+        batch: &SealedBatch,
+        limits: BatchLimits,
+    ) -> Result<Option<Vec<SealedBatch>>, ProtocolError> {
+        if batch.events <= 1 {
+            return Ok(None);
+        }
+        let parts = self.shared.lock_open().batcher.split(batch, limits)?;
+        Ok(Some(parts).filter(|p| p.len() > 1))
     }
 
     /// The tightest limits the connected ones of `members` announced (`None`: none is).
@@ -920,7 +927,7 @@ impl Dispatcher {
             }
         }
         for seq in expired {
-            self.fail_batch(seq, FAILED_DEADLINE, || {
+            self.fail_batch(seq, FAILED_DEADLINE, &|| {
                 format!("not acked within the delivery deadline of {deadline:?}")
             });
         }
@@ -968,14 +975,10 @@ impl Dispatcher {
     }
 
     /// Fails every unresolved group of a batch with `reason`.
-    fn fail_batch(&mut self, seq: u64, reason: &str, detail: impl Fn() -> String) {
-        self.fail_batch_with(seq, reason, &detail);
-    }
-
-    fn fail_batch_with(&mut self, seq: u64, reason: &str, detail: &dyn Fn() -> String) {
+    fn fail_batch(&mut self, seq: u64, reason: &str, detail: &dyn Fn() -> String) {
         // A group it was split for fails through its parts (each counted and reported there).
         for part in self.parts_for_groups(seq) {
-            self.fail_batch_with(part, reason, detail);
+            self.fail_batch(part, reason, detail);
         }
         let groups = self.groups.len();
         let mut touched = Vec::new();
@@ -1059,7 +1062,9 @@ impl Dispatcher {
         let mut undelivered = 0;
         for seq in seqs {
             undelivered += self.undelivered(seq);
-            self.fail_batch(seq, FAILED_CLOSED, || "the publisher was closed".to_owned());
+            self.fail_batch(seq, FAILED_CLOSED, &|| {
+                "the publisher was closed".to_owned()
+            });
         }
         for m in 0..self.members.len() {
             self.members[m].conn = None;

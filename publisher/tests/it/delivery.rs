@@ -5,7 +5,8 @@ use std::time::Duration;
 use shardtally_publisher::{Event, Outcome, Publisher};
 
 use crate::common::{
-    Ledger, ServerConfig, TestServer, bounded, endpoint, geo_schema, publish_geo, wait_connected,
+    Ledger, ServerConfig, TestServer, assert_nothing_held, bounded, endpoint, geo_schema,
+    publish_geo, wait_connected,
 };
 
 #[tokio::test]
@@ -25,10 +26,7 @@ async fn events_are_delivered_and_acked_exactly_once() {
     let stats = publisher.stats();
     assert_eq!(stats.published, 1234);
     assert_eq!(stats.acked, 1234);
-    assert_eq!(
-        (stats.queued, stats.in_flight, stats.buffered_bytes),
-        (0, 0, 0)
-    );
+    assert_nothing_held(&stats);
     assert_eq!(stats.batches, 13);
     assert_eq!(stats.dropped_total() + stats.failed_total(), 0);
     let ep = endpoint(&stats, &a.url());

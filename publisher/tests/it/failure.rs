@@ -9,8 +9,8 @@ use shardtally_publisher::{
 };
 
 use crate::common::{
-    Ledger, ServerConfig, TestServer, bounded, endpoint, free_addr, geo_schema, geo_values,
-    publish_geo, wait_connected, wait_endpoint_connected, wait_until,
+    Ledger, ServerConfig, TestServer, assert_nothing_held, bounded, endpoint, free_addr,
+    geo_schema, geo_values, publish_geo, wait_connected, wait_endpoint_connected, wait_until,
 };
 
 #[tokio::test]
@@ -148,10 +148,7 @@ async fn a_batch_sent_in_one_group_is_split_for_a_group_whose_workers_admit_less
     let stats = publisher.stats();
     assert_eq!(stats.acked, 1000, "{stats:?}");
     assert_eq!(stats.failed_total(), 0, "{stats:?}");
-    assert_eq!(
-        (stats.queued, stats.in_flight, stats.buffered_bytes),
-        (0, 0, 0)
-    );
+    assert_nothing_held(&stats);
     // The batch, and its ten parts in group 1.
     assert_eq!(stats.batches, 11);
     assert_eq!((big.received_batches(), big.rejected()), (1, 0));
@@ -189,10 +186,7 @@ async fn parts_for_one_group_that_miss_the_deadline_fail_their_events_once() {
     assert_eq!(stats.acked, 400, "{stats:?}");
     assert_eq!(stats.failed.get(FAILED_DEADLINE), Some(&600), "{stats:?}");
     assert_eq!(stats.failed_total(), 600, "{stats:?}");
-    assert_eq!(
-        (stats.queued, stats.in_flight, stats.buffered_bytes),
-        (0, 0, 0)
-    );
+    assert_nothing_held(&stats);
     assert_eq!((ledger0.events(), ledger1.events()), (1000, 1000));
 }
 
@@ -215,10 +209,7 @@ async fn closing_with_parts_for_one_group_unacked_fails_their_events_once() {
     assert_eq!(stats.acked, 0, "{stats:?}");
     assert_eq!(stats.failed.get(FAILED_CLOSED), Some(&1000), "{stats:?}");
     assert_eq!(stats.failed_total(), 1000, "{stats:?}");
-    assert_eq!(
-        (stats.queued, stats.in_flight, stats.buffered_bytes),
-        (0, 0, 0)
-    );
+    assert_nothing_held(&stats);
 }
 
 #[tokio::test]

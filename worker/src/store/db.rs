@@ -177,21 +177,18 @@ impl Store {
                 Ok(())
             })
         });
-        let reads = if memory {
-            None
-        } else {
-            Some(
-                pool_options
-                    .clone()
-                    .connect_lazy(&url)
-                    .map_err(|source| StoreError::Connect { backend, source })?,
-            )
-        };
         let pool = pool_options
+            .clone()
             .connect(&url)
             .await
             .map_err(|source| StoreError::Connect { backend, source })?;
-        let reads = reads.unwrap_or_else(|| pool.clone());
+        let reads = if memory {
+            pool.clone()
+        } else {
+            pool_options
+                .connect_lazy(&url)
+                .map_err(|source| StoreError::Connect { backend, source })?
+        };
         let mut dialect = Dialect::new(backend);
         if backend == Backend::MySql {
             dialect.mysql_collation = mysql_collation(&pool).await?;
@@ -652,8 +649,14 @@ impl Store {
         };
         if self.dialect.backend == Backend::Postgres {
             // A session setting: these connections only ever run store queries, each setting it.
+            // Not cached: its text changes with the bound, and cached it would take places in
+            // the connection's statement cache from the fetches.
             let set = Dialect::statement_timeout(bound);
-            sqlx::query(&set).execute(&mut *conn).await.map_err(read)?;
+            sqlx::query(&set)
+                .persistent(false)
+                .execute(&mut *conn)
+                .await
+                .map_err(read)?;
         }
         let sql = match bound {
             Some(bound) => self.dialect.fetch_within(&def, bound),

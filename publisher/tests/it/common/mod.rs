@@ -468,3 +468,12 @@ pub async fn wait_connected(publisher: &Publisher) {
     })
     .await;
 }
+
+/// Nothing is held any more: no event queued or in flight, no buffer bytes.
+pub fn assert_nothing_held(stats: &Stats) {
+    assert_eq!(
+        (stats.queued, stats.in_flight, stats.buffered_bytes),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+}
