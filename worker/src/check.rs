@@ -185,6 +185,7 @@ mod tests {
             positions: positions.into(),
             received_ms: 0,
             reply,
+            held: crate::budget::HeldBytes::detached(1),
         };
         let mut out = Vec::new();
         let n = decode_checked(catalog, STRING_MAX_CHARS, &batch, &mut out)?;

@@ -225,6 +225,10 @@ pub struct OwnSection {
     /// would write (an upper bound): bounds a commit's size, its duration and the worker's
     /// memory; a commit is due at half.
     pub max_pending_rows: Option<usize>,
+    /// Maximum event bytes of the batches held (received and not yet acked: waiting for the
+    /// ingest task, pending, in the commit) before reading from sockets pauses; a commit is due
+    /// at half. At least `max_frame_len`.
+    pub max_pending_bytes: Option<usize>,
     /// Maximum accepted frame length in bytes.
     pub max_frame_len: Option<u32>,
     /// Maximum events in one batch.
@@ -475,6 +479,8 @@ pub struct WorkerConfig {
     pub max_pending_events: usize,
     /// Finest-granularity rows folded before a commit is due and sockets stop being read.
     pub max_pending_rows: usize,
+    /// Event bytes of the batches held before sockets stop being read.
+    pub max_pending_bytes: usize,
     /// Maximum frame length.
     pub max_frame_len: u32,
     /// Maximum events per batch.
@@ -684,6 +690,30 @@ impl WorkerConfig {
         if max_query_rows == 0 {
             return Err(ConfigError::invalid("max_query_rows", "must be at least 1"));
         }
+        let max_pending_events = own.and_then(|s| s.max_pending_events).unwrap_or(500_000);
+        let max_pending_rows = own.and_then(|s| s.max_pending_rows).unwrap_or(100_000);
+        for (key, n) in [
+            ("max_pending_events", max_pending_events),
+            ("max_pending_rows", max_pending_rows),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        let max_frame_len = own
+            .and_then(|s| s.max_frame_len)
+            .unwrap_or(16 * 1024 * 1024);
+        let max_pending_bytes = own
+            .and_then(|s| s.max_pending_bytes)
+            .unwrap_or((64 << 20).max(max_frame_len as usize));
+        if max_pending_bytes < max_frame_len as usize {
+            return Err(ConfigError::invalid(
+                "max_pending_bytes",
+                format!(
+                    "{max_pending_bytes} is less than max_frame_len ({max_frame_len}): a batch of the largest frame accepted could never be held"
+                ),
+            ));
+        }
         for (key, d) in [
             ("handshake_timeout", handshake_timeout),
             ("idle_timeout", idle_timeout),
@@ -747,11 +777,10 @@ impl WorkerConfig {
             dedup_window,
             allow_shard_change: o.allow_shard_change
                 || own.and_then(|s| s.allow_shard_change).unwrap_or(false),
-            max_pending_events: own.and_then(|s| s.max_pending_events).unwrap_or(500_000),
-            max_pending_rows: own.and_then(|s| s.max_pending_rows).unwrap_or(100_000),
-            max_frame_len: own
-                .and_then(|s| s.max_frame_len)
-                .unwrap_or(16 * 1024 * 1024),
+            max_pending_events,
+            max_pending_rows,
+            max_pending_bytes,
+            max_frame_len,
             max_batch_events: own.and_then(|s| s.max_batch_events).unwrap_or(100_000),
             max_connections: own.and_then(|s| s.max_connections).unwrap_or(1024),
             handshake_timeout,
@@ -925,6 +954,14 @@ shardtally:
         assert!(!c.partition_by_id);
         assert_eq!(c.flush_interval, Duration::from_millis(200));
         assert_eq!(
+            (
+                c.max_pending_events,
+                c.max_pending_rows,
+                c.max_pending_bytes
+            ),
+            (500_000, 100_000, 64 << 20)
+        );
+        assert_eq!(
             c.query_limits,
             crate::retrieve::QueryLimits {
                 max_rows: 1_000_000,
@@ -955,12 +992,40 @@ shardtally:
                 "query_timeout: later",
                 "invalid `query_timeout`: `later` is not a duration",
             ),
+            (
+                "max_pending_events: 0",
+                "invalid `max_pending_events`: must be at least 1",
+            ),
+            (
+                "max_pending_rows: 0",
+                "invalid `max_pending_rows`: must be at least 1",
+            ),
+            (
+                "max_pending_bytes: 1000000",
+                "invalid `max_pending_bytes`: 1000000 is less than max_frame_len (16777216)",
+            ),
         ] {
             let err = resolve(&format!("shardtally:\n  {yaml}\n"), Overrides::default())
                 .unwrap_err()
                 .to_string();
             assert!(err.starts_with(expected), "{yaml}: {err}");
         }
+    }
+
+    #[test]
+    fn the_byte_budget_defaults_to_at_least_one_frame_and_is_read() {
+        let c = resolve(
+            "shardtally:\n  max_frame_len: 100000000\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.max_pending_bytes, 100_000_000);
+        let c = resolve(
+            "shardtally:\n  max_frame_len: 4096\n  max_pending_bytes: 8192\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!((c.max_frame_len, c.max_pending_bytes), (4096, 8192));
     }
 
     #[test]

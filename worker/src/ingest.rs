@@ -2,8 +2,8 @@
 //!
 //! One task owns every [`Aggregator`]. Connection tasks hand it validated batches through a
 //! bounded channel; it records their events on arrival and keeps each batch (id, frame bytes, ack
-//! route) as *pending*. A flush — every `flush_interval`, or sooner when pending events or
-//! pending rows reach half their cap — drains the aggregators into deltas and commits them together with the
+//! route) as *pending*. A flush — every `flush_interval`, or sooner when pending events,
+//! pending rows or the bytes of the batches held reach half their cap — drains the aggregators into deltas and commits them together with the
 //! pending batch ids in one transaction ([`Store::commit`]); only then are the batches acked.
 //! Flushes start early by the duration of the last commit (down to a quarter of the interval),
 //! so a batch is committed, and acked, about one flush interval after it arrives.
@@ -14,7 +14,8 @@
 //! meanwhile — more events per row, so the rows written per second adapt to what the database
 //! takes. Events held (pending and in flight) and rows pending are capped (so is a commit's
 //! size, its duration and the memory it takes); at a cap the channel fills and connections stop
-//! reading their sockets (backpressure).
+//! reading their sockets (backpressure). So are the bytes of every batch not yet acked, wherever
+//! it is ([`FrameBudget`]): connections reserve them before handing a batch over.
 //!
 //! - A batch id already committed (by this or another worker) makes the store roll back and name
 //!   it: those batches are acked without counting, the deltas of the other batches of that commit
@@ -34,6 +35,7 @@ use shardtally_publisher::protocol::{BatchFrame, ErrorCode, ProtocolError, Rejec
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{FrameBudget, HeldBytes};
 use crate::catalog::Catalog;
 use crate::check::{Refusal, decode_checked};
 use crate::engine::Aggregator;
@@ -70,6 +72,9 @@ pub(crate) struct IncomingBatch {
     pub(crate) received_ms: i64,
     /// Where the ack goes.
     pub(crate) reply: ReplyTx,
+    /// The batch's bytes in the worker's budget, given back when it is dropped.
+    #[expect(dead_code, reason = "held for its drop, which gives the bytes back")]
+    pub(crate) held: HeldBytes,
 }
 
 impl IncomingBatch {
@@ -124,6 +129,8 @@ pub(crate) struct Ingest {
     store: Store,
     settings: IngestSettings,
     metrics: Arc<Metrics>,
+    /// The bytes of the batches held (in the channel, pending, in flight).
+    budget: FrameBudget,
     aggregators: Vec<Aggregator>,
     by_stream: Vec<Vec<usize>>,
     /// Batches folded into `aggregators`, not drained yet.
@@ -177,6 +184,7 @@ impl Ingest {
         store: Store,
         settings: IngestSettings,
         metrics: Arc<Metrics>,
+        budget: FrameBudget,
     ) -> Ingest {
         let by_stream = (0..catalog.streams().len())
             .map(|s| catalog.aggregations_of(s))
@@ -187,6 +195,7 @@ impl Ingest {
             store,
             settings,
             metrics,
+            budget,
             by_stream,
             pending: Vec::new(),
             pending_events: 0,
@@ -234,7 +243,10 @@ impl Ingest {
                 {
                     let Some(batch) = batch else { break };
                     self.accept(batch);
-                    if self.pending_events >= cap / 2 || self.pending_rows() >= row_cap / 2 {
+                    if self.pending_events >= cap / 2
+                        || self.pending_rows() >= row_cap / 2
+                        || self.budget.held() >= self.budget.total() / 2
+                    {
                         self.due = true;
                         if task.is_none() {
                             task = self.start_commit();
@@ -246,6 +258,7 @@ impl Ingest {
         // Graceful stop: the listener is closed; take what connections already handed over,
         // then commit everything (the commit in flight first).
         rx.close();
+        self.budget.close();
         while let Ok(batch) = rx.try_recv() {
             self.accept(batch);
         }
@@ -321,6 +334,7 @@ impl Ingest {
                 }
             }
         }
+        self.budget.close();
     }
 
     fn accept(&mut self, batch: IncomingBatch) {

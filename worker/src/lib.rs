@@ -13,11 +13,13 @@
 //! - [`catalog`]: a loaded app with the layouts of its aggregations.
 //! - `server` / `tls` / `ingest` / `check`: the TCP side (TLS, handshake, framing), the task
 //!   that decodes, checks and aggregates batches and commits them exactly once, and the checks
-//!   on values; [`node`] starts and stops them with the lease and HTTP tasks.
+//!   on values; `budget` bounds the bytes of the batches held; [`node`] starts and stops them
+//!   with the lease and HTTP tasks.
 //! - [`retrieve`], [`http`] (with `http_listener`: connection limit, idle timeout, HTTPS),
 //!   [`metrics`], [`cli`]: queries, the HTTP API, Prometheus metrics, the command line.
 
 pub mod bucket;
+mod budget;
 pub mod catalog;
 mod check;
 pub mod cli;

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub commit_failures: AtomicU64,
     /// Gauge: events received but not yet committed.
     pub pending_events: AtomicI64,
+    /// Gauge: event bytes of the batches held (queued for the ingest task, pending, in the
+    /// commit), bounded by `max_pending_bytes`.
+    pub pending_bytes: AtomicI64,
     /// Gauge: the database answered the last attempt.
     pub database_up: AtomicBool,
     /// Gauge: duration of the last commit, microseconds.
@@ -191,6 +194,11 @@ impl Metrics {
             self.pending_events.load(Ordering::Relaxed),
         );
         gauge(
+            "pending_bytes",
+            "Event bytes of the batches received and not yet acked (max_pending_bytes bounds them).",
+            self.pending_bytes.load(Ordering::Relaxed),
+        );
+        gauge(
             "database_up",
             "1 when the database answered the last attempt.",
             i64::from(self.database_up.load(Ordering::Relaxed)),
@@ -246,6 +254,7 @@ mod tests {
             "shardtally_events_committed_total{node_id=\"n\\\"1\",shard_id=\"s1\"} 70000\n"
         ));
         assert!(text.contains("# TYPE shardtally_pending_events gauge\n"));
+        assert!(text.contains("# TYPE shardtally_pending_bytes gauge\n"));
         assert!(
             text.contains("shardtally_rows_inserted_total{node_id=\"n\\\"1\",shard_id=\"s1\"} 5\n")
         );

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::budget::FrameBudget;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{WorkerConfig, redact};
 use crate::http::{HttpState, router};
@@ -205,6 +206,7 @@ async fn serve_with_lease(
     let fatal = CancellationToken::new();
 
     let (ingest_tx, ingest_rx) = mpsc::channel(256);
+    let budget = FrameBudget::new(config.max_pending_bytes, metrics.clone());
     let ingest = Ingest::new(
         catalog.clone(),
         store.clone(),
@@ -217,6 +219,7 @@ async fn serve_with_lease(
             discard: config.discard_events,
         },
         metrics.clone(),
+        budget.clone(),
     );
     let ingest_task = tokio::spawn(ingest.run(ingest_rx, stop_ingest.clone()));
 
@@ -237,6 +240,7 @@ async fn serve_with_lease(
         server_settings,
         metrics.clone(),
         ingest_tx,
+        budget,
         stop_serving.clone(),
     ));
 

@@ -6,7 +6,8 @@
 //! ```text
 //! accept ─▶ [TLS listener: first byte 0x16? TLS handshake : ERROR TlsRequired]
 //!        ─▶ HELLO within handshake_timeout? ─▶ version ok? ─▶ token ok? ─▶ WELCOME
-//!        ─▶ loop { BATCH ─▶ map columns ─▶ ingest channel (bounded: a slow database stops reads here)
+//!        ─▶ loop { BATCH ─▶ map columns ─▶ reserve its bytes ─▶ ingest channel
+//!                   (both bounded: a slow database stops reads here)
 //!                 PING ─▶ PONG;  ack/reject from ingest ─▶ ACK/REJECT;  idle too long ─▶ ERROR, close }
 //! ```
 //! A malformed or oversized frame, an unexpected frame kind, a bad version or token: an `ERROR`
@@ -33,6 +34,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::budget::FrameBudget;
 use crate::catalog::Catalog;
 use crate::ingest::{IncomingBatch, Reply};
 use crate::metrics::Metrics;
@@ -57,6 +59,8 @@ struct Shared {
     settings: ServerSettings,
     metrics: Arc<Metrics>,
     ingest: mpsc::Sender<IncomingBatch>,
+    /// The bytes of batches held, shared with the ingest task.
+    budget: FrameBudget,
     auth_log: RateLimitedLog,
 }
 
@@ -107,6 +111,7 @@ pub(crate) async fn serve(
     settings: ServerSettings,
     metrics: Arc<Metrics>,
     ingest: mpsc::Sender<IncomingBatch>,
+    budget: FrameBudget,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(settings.max_connections));
@@ -115,6 +120,7 @@ pub(crate) async fn serve(
         settings,
         metrics,
         ingest,
+        budget,
         auth_log: RateLimitedLog::new(Duration::from_secs(1)),
     });
     let tracker = TaskTracker::new();
@@ -412,18 +418,30 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             Ok((stream, positions)) => {
                                 Metrics::add(&shared.metrics.batches_received, 1);
                                 Metrics::add(&shared.metrics.events_received, u64::from(batch.event_count));
-                                let incoming = IncomingBatch {
-                                    publisher_id: publisher_id.clone(),
-                                    frame: batch,
-                                    stream,
-                                    positions,
-                                    received_ms: jiff::Timestamp::now().as_millisecond(),
-                                    reply: reply_tx.clone(),
+                                let received_ms = jiff::Timestamp::now().as_millisecond();
+                                let bytes = batch.events.len();
+                                let reply = reply_tx.clone();
+                                // Waits while the worker holds `max_pending_bytes` or the ingest
+                                // task is behind; the socket is not read meanwhile (backpressure
+                                // to the publisher). A stop meanwhile drops the batch unacked
+                                // (its publisher re-sends it) and says GOODBYE above.
+                                let hand_over = async {
+                                    let held = shared.budget.reserve(bytes).await.map_err(|_| "ingest stopped")?;
+                                    let incoming = IncomingBatch {
+                                        publisher_id: publisher_id.clone(),
+                                        frame: batch,
+                                        stream,
+                                        positions,
+                                        received_ms,
+                                        reply,
+                                        held,
+                                    };
+                                    shared.ingest.send(incoming).await.map_err(|_| "ingest stopped")
                                 };
-                                // Bounded: when the ingest task is behind, this waits, and the
-                                // socket is not read meanwhile (backpressure to the publisher).
-                                if shared.ingest.send(incoming).await.is_err() {
-                                    return Err("ingest stopped".into());
+                                tokio::select! {
+                                    biased;
+                                    () = shutdown.cancelled() => {}
+                                    handed = hand_over => handed?,
                                 }
                             }
                             Err(Check::Reject(code, reason)) => {

@@ -9,8 +9,8 @@ use serde_json::json;
 use shardtally_publisher::protocol::{BatchEncoder, ErrorCode, Frame, RejectCode, Value};
 
 use crate::cluster::{
-    GEO_COLUMNS, RawClient, WorkerProc, app_file, http, naples_rows, query_records, read_some,
-    scratch_dir, serve_args, set_arg,
+    GEO_COLUMNS, RawClient, WorkerProc, app_file, http, metric, naples_rows, query_records,
+    read_some, scratch_dir, serve_args, set_arg,
 };
 use crate::common::{TestDb, on_every_backend};
 use shardtally_worker::store::Backend;
@@ -524,6 +524,139 @@ async fn a_commit_is_due_when_the_rows_of_every_granularity_reach_half_the_cap()
     });
     assert_eq!(acked, [Frame::Ack { seq: 1 }, Frame::Ack { seq: 2 }]);
     assert_eq!(query_records(&db.url, HOUR_QUERY), naples(40));
+    drop(w);
+    db.cleanup().await;
+}
+
+/// The event bytes of a batch of `naples_rows(n)`: what a worker's byte budget counts for it.
+fn naples_event_bytes(n: usize) -> usize {
+    use shardtally_publisher::protocol::FrameCodec;
+    use tokio_util::codec::Decoder;
+    let mut enc = BatchEncoder::new("geoTempStream", &GEO_COLUMNS).expect("encoder");
+    for row in naples_rows(n) {
+        let refs: Vec<_> = row.iter().map(Value::as_ref).collect();
+        enc.push_event(&refs).expect("push");
+    }
+    let mut frame = BytesMut::from(&enc.finish(1)[..]);
+    match FrameCodec::default().decode(&mut frame) {
+        Ok(Some(Frame::Batch(b))) => b.events.len(),
+        other => panic!("not a batch: {other:?}"),
+    }
+}
+
+/// A worker whose deployment file sets `yaml` under `shardtally:`, flushing every `flush`.
+fn worker_with(db: &TestDb, node: &str, flush: &str, yaml: &str) -> WorkerProc {
+    let config = scratch_dir().join("deployment.yaml");
+    std::fs::write(&config, format!("shardtally:\n{yaml}")).expect("config");
+    let mut args = serve_args(&db.url, node);
+    set_arg(&mut args, "--flush-interval", flush);
+    args.extend(["--config".into(), config.display().to_string()]);
+    WorkerProc::start(&args)
+}
+
+/// `max_pending_bytes` bounds the bytes of every batch not yet acked: with the database locked,
+/// a worker takes batches until their bytes reach the budget, then stops reading the socket —
+/// the next batch waits, the rest stay unread — and once the database is back every one of them
+/// commits, exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_database_holds_no_more_batch_bytes_than_the_budget_and_loses_nothing() {
+    use sqlx::Connection;
+    let per_batch = naples_event_bytes(25);
+    let budget = 3 * per_batch;
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = worker_with(
+        &db,
+        "node-bytes",
+        "200ms",
+        &format!("  max_frame_len: {budget}\n  max_pending_bytes: {budget}\n"),
+    );
+    let mut blocker = sqlx::SqliteConnection::connect(&db.url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut blocker)
+        .await
+        .expect("lock");
+    let mut c = RawClient::connect(w.listen, "gw-bytes", "")
+        .await
+        .expect("hello");
+    // 20 batches of 25 events: 20 × ~1 KB, all in the socket's buffers at once.
+    for seq in 1..=20 {
+        c.send_batch(seq, "geoTempStream", &GEO_COLUMNS, &naples_rows(25))
+            .await;
+    }
+    let http_addr = w.http;
+    let gauges = move || {
+        let text = http(http_addr, "GET", "/metrics", "").1;
+        ["batches_received_total", "pending_bytes", "pending_events"]
+            .map(|name| metric(&text, name).unwrap_or(-1.0))
+    };
+    let held = [4.0, budget as f64, 75.0];
+    let settled = tokio::task::spawn_blocking(move || {
+        crate::cluster::eventually(std::time::Duration::from_secs(30), || gauges() == held)
+    })
+    .await
+    .expect("join");
+    assert!(settled, "expected 4 batches read, 3 held: {:?}", gauges());
+    // It stays so while the database is locked: nothing more is read.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(gauges(), held);
+
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("unlock");
+    blocker.close().await.expect("close");
+    let mut acked = Vec::new();
+    for _ in 1..=20 {
+        match c.recv().await {
+            Frame::Ack { seq } => acked.push(seq),
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+    acked.sort_unstable();
+    assert_eq!(acked, (1..=20).collect::<Vec<u64>>());
+    assert_eq!(query_records(&db.url, HOUR_QUERY), naples(500));
+    let text = http(w.http, "GET", "/metrics", "").1;
+    assert_eq!(metric(&text, "pending_bytes"), Some(0.0));
+    assert_eq!(metric(&text, "events_committed_total"), Some(500.0));
+    drop(w);
+    db.cleanup().await;
+}
+
+/// A commit is due once the batches held reach half of `max_pending_bytes`, flush or not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_is_due_when_the_batches_held_reach_half_the_byte_budget() {
+    let per_batch = naples_event_bytes(25);
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    // Two batches are half the budget; one is not.
+    let budget = 4 * per_batch;
+    let w = worker_with(
+        &db,
+        "node-half-bytes",
+        "1h",
+        &format!("  max_frame_len: {budget}\n  max_pending_bytes: {budget}\n"),
+    );
+    let mut c = RawClient::connect(w.listen, "gw-half-bytes", "")
+        .await
+        .expect("hello");
+    c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(25))
+        .await;
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), c.recv())
+            .await
+            .is_err(),
+        "a quarter of the budget: nothing is due before the hour's flush"
+    );
+    c.send_batch(2, "geoTempStream", &GEO_COLUMNS, &naples_rows(25))
+        .await;
+    let mut acked = vec![c.recv().await, c.recv().await];
+    acked.sort_by_key(|f| match f {
+        Frame::Ack { seq } => *seq,
+        _ => u64::MAX,
+    });
+    assert_eq!(acked, [Frame::Ack { seq: 1 }, Frame::Ack { seq: 2 }]);
+    assert_eq!(query_records(&db.url, HOUR_QUERY), naples(50));
     drop(w);
     db.cleanup().await;
 }
