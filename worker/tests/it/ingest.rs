@@ -489,40 +489,58 @@ async fn minus_zero_and_zero_keys_count_as_one_group_on_every_backend() {
     .await;
 }
 
+/// A worker whose deployment file sets `yaml` under `shardtally:`, flushing every `flush`.
+fn worker_with(db: &TestDb, node: &str, flush: &str, yaml: &str) -> WorkerProc {
+    let config = scratch_dir().join("deployment.yaml");
+    std::fs::write(&config, format!("shardtally:\n{yaml}")).expect("config");
+    let mut args = serve_args(&db.url, node);
+    set_arg(&mut args, "--flush-interval", flush);
+    args.extend(["--config".into(), config.display().to_string()]);
+    WorkerProc::start(&args)
+}
+
+/// The next `n` frames, which must all be acks: their seqs, sorted.
+async fn recv_acks(c: &mut RawClient, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(n);
+    for _ in 0..n {
+        match c.recv().await {
+            Frame::Ack { seq } => seqs.push(seq),
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+    seqs.sort_unstable();
+    seqs
+}
+
+/// Nothing (no ack) arrives within a second.
+async fn assert_no_frame_within_a_second(c: &mut RawClient, why: &str) {
+    let early = tokio::time::timeout(std::time::Duration::from_secs(1), c.recv()).await;
+    assert!(early.is_err(), "{why}: got {early:?}");
+}
+
 /// `max_pending_rows` counts the rows a commit would write at every granularity: with flushes an
 /// hour apart, a commit starts once the pending events would write half the cap, whether those
 /// rows are seconds or the minutes … years above them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_is_due_when_the_rows_of_every_granularity_reach_half_the_cap() {
     let db = TestDb::fresh(Backend::Sqlite).await;
-    let config = scratch_dir().join("deployment.yaml");
-    std::fs::write(&config, "shardtally:\n  max_pending_rows: 100\n").expect("config");
-    let mut args = serve_args(&db.url, "node-cap");
-    set_arg(&mut args, "--flush-interval", "1h");
-    args.extend(["--config".into(), config.display().to_string()]);
-    let w = WorkerProc::start(&args);
+    let w = worker_with(&db, "node-cap", "1h", "  max_pending_rows: 100\n");
     let mut c = RawClient::connect(w.listen, "gw-cap", "")
         .await
         .expect("hello");
     // 10 events 6 minutes apart: 10 seconds + 10 minutes + 1 hour, day, month, year = 24 rows.
     c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(10))
         .await;
-    assert!(
-        tokio::time::timeout(std::time::Duration::from_secs(1), c.recv())
-            .await
-            .is_err(),
-        "24 pending rows of a 100-row cap: nothing is due before the hour's flush"
-    );
+    assert_no_frame_within_a_second(
+        &mut c,
+        "24 pending rows of a 100-row cap: nothing is due before the hour's flush",
+    )
+    .await;
     // 30 more, 2 minutes apart (every third on a second of the first batch): 30 seconds + 30
     // minutes + 4 = 64 rows ≥ 50, though only 30 of them are seconds.
     c.send_batch(2, "geoTempStream", &GEO_COLUMNS, &naples_rows(30))
         .await;
-    let mut acked = vec![c.recv().await, c.recv().await];
-    acked.sort_by_key(|f| match f {
-        Frame::Ack { seq } => *seq,
-        _ => u64::MAX,
-    });
-    assert_eq!(acked, [Frame::Ack { seq: 1 }, Frame::Ack { seq: 2 }]);
+    assert_eq!(recv_acks(&mut c, 2).await, [1, 2]);
     assert_eq!(query_records(&db.url, HOUR_QUERY), naples(40));
     drop(w);
     db.cleanup().await;
@@ -542,16 +560,6 @@ fn naples_event_bytes(n: usize) -> usize {
         Ok(Some(Frame::Batch(b))) => b.events.len(),
         other => panic!("not a batch: {other:?}"),
     }
-}
-
-/// A worker whose deployment file sets `yaml` under `shardtally:`, flushing every `flush`.
-fn worker_with(db: &TestDb, node: &str, flush: &str, yaml: &str) -> WorkerProc {
-    let config = scratch_dir().join("deployment.yaml");
-    std::fs::write(&config, format!("shardtally:\n{yaml}")).expect("config");
-    let mut args = serve_args(&db.url, node);
-    set_arg(&mut args, "--flush-interval", flush);
-    args.extend(["--config".into(), config.display().to_string()]);
-    WorkerProc::start(&args)
 }
 
 /// `max_pending_bytes` bounds the bytes of every batch not yet acked: with the database locked,
@@ -607,15 +615,7 @@ async fn a_stalled_database_holds_no_more_batch_bytes_than_the_budget_and_loses_
         .await
         .expect("unlock");
     blocker.close().await.expect("close");
-    let mut acked = Vec::new();
-    for _ in 1..=20 {
-        match c.recv().await {
-            Frame::Ack { seq } => acked.push(seq),
-            other => panic!("expected an ack, got {other:?}"),
-        }
-    }
-    acked.sort_unstable();
-    assert_eq!(acked, (1..=20).collect::<Vec<u64>>());
+    assert_eq!(recv_acks(&mut c, 20).await, (1..=20).collect::<Vec<u64>>());
     assert_eq!(query_records(&db.url, HOUR_QUERY), naples(500));
     let text = http(w.http, "GET", "/metrics", "").1;
     assert_eq!(metric(&text, "pending_bytes"), Some(0.0));
@@ -642,20 +642,14 @@ async fn a_commit_is_due_when_the_batches_held_reach_half_the_byte_budget() {
         .expect("hello");
     c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(25))
         .await;
-    assert!(
-        tokio::time::timeout(std::time::Duration::from_secs(1), c.recv())
-            .await
-            .is_err(),
-        "a quarter of the budget: nothing is due before the hour's flush"
-    );
+    assert_no_frame_within_a_second(
+        &mut c,
+        "a quarter of the budget: nothing is due before the hour's flush",
+    )
+    .await;
     c.send_batch(2, "geoTempStream", &GEO_COLUMNS, &naples_rows(25))
         .await;
-    let mut acked = vec![c.recv().await, c.recv().await];
-    acked.sort_by_key(|f| match f {
-        Frame::Ack { seq } => *seq,
-        _ => u64::MAX,
-    });
-    assert_eq!(acked, [Frame::Ack { seq: 1 }, Frame::Ack { seq: 2 }]);
+    assert_eq!(recv_acks(&mut c, 2).await, [1, 2]);
     assert_eq!(query_records(&db.url, HOUR_QUERY), naples(50));
     drop(w);
     db.cleanup().await;
