@@ -5,7 +5,9 @@
 //! flight — until the batch leaves the worker (acked, rejected, or dropped as a duplicate). When
 //! the budget is spent, connections wait before handing over, and so stop reading their sockets
 //! (backpressure), whatever the events' count or size. The event and row caps of the ingest task
-//! bound the aggregates; this bounds the frames kept to rebuild them.
+//! bound the aggregates; this bounds the frames kept to rebuild them. Not counted: the batch each
+//! connection has decoded and is waiting to reserve for (at most `max_frame_len`), frame headers,
+//! and read-buffer slack around a batch's zero-copy slice.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -66,7 +68,8 @@ impl FrameBudget {
     }
 
     /// Bytes held now, by every batch not yet acked.
-    pub(crate) fn held(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.total.saturating_sub(self.permits.available_permits())
     }
 
@@ -79,6 +82,13 @@ impl FrameBudget {
     /// get [`Closed`].
     pub(crate) fn close(&self) {
         self.permits.close();
+    }
+}
+
+impl HeldBytes {
+    /// How many bytes this batch holds.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 

@@ -227,7 +227,7 @@ pub struct OwnSection {
     pub max_pending_rows: Option<usize>,
     /// Maximum event bytes of the batches held (received and not yet acked: waiting for the
     /// ingest task, pending, in the commit) before reading from sockets pauses; a commit is due
-    /// at half. At least `max_frame_len`.
+    /// when the pending ones hold half. At least twice `max_frame_len`.
     pub max_pending_bytes: Option<usize>,
     /// Maximum accepted frame length in bytes.
     pub max_frame_len: Option<u32>,
@@ -703,14 +703,17 @@ impl WorkerConfig {
         let max_frame_len = own
             .and_then(|s| s.max_frame_len)
             .unwrap_or(16 * 1024 * 1024);
+        // Twice the largest frame: a batch waiting for room always finds it once the batches
+        // pending, which then hold over half the budget and so make a commit due, are committed.
+        let two_frames = 2 * max_frame_len as usize;
         let max_pending_bytes = own
             .and_then(|s| s.max_pending_bytes)
-            .unwrap_or((64 << 20).max(max_frame_len as usize));
-        if max_pending_bytes < max_frame_len as usize {
+            .unwrap_or((64 << 20).max(two_frames));
+        if max_pending_bytes < two_frames {
             return Err(ConfigError::invalid(
                 "max_pending_bytes",
                 format!(
-                    "{max_pending_bytes} is less than max_frame_len ({max_frame_len}): a batch of the largest frame accepted could never be held"
+                    "{max_pending_bytes} is less than twice max_frame_len ({max_frame_len}): a batch of the largest frame accepted could wait for room that no commit frees"
                 ),
             ));
         }
@@ -1002,7 +1005,7 @@ shardtally:
             ),
             (
                 "max_pending_bytes: 1000000",
-                "invalid `max_pending_bytes`: 1000000 is less than max_frame_len (16777216)",
+                "invalid `max_pending_bytes`: 1000000 is less than twice max_frame_len (16777216)",
             ),
         ] {
             let err = resolve(&format!("shardtally:\n  {yaml}\n"), Overrides::default())
@@ -1013,13 +1016,13 @@ shardtally:
     }
 
     #[test]
-    fn the_byte_budget_defaults_to_at_least_one_frame_and_is_read() {
+    fn the_byte_budget_defaults_to_at_least_two_frames_and_is_read() {
         let c = resolve(
             "shardtally:\n  max_frame_len: 100000000\n",
             Overrides::default(),
         )
         .unwrap();
-        assert_eq!(c.max_pending_bytes, 100_000_000);
+        assert_eq!(c.max_pending_bytes, 200_000_000);
         let c = resolve(
             "shardtally:\n  max_frame_len: 4096\n  max_pending_bytes: 8192\n",
             Overrides::default(),

@@ -73,7 +73,6 @@ pub(crate) struct IncomingBatch {
     /// Where the ack goes.
     pub(crate) reply: ReplyTx,
     /// The batch's bytes in the worker's budget, given back when it is dropped.
-    #[expect(dead_code, reason = "held for its drop, which gives the bytes back")]
     pub(crate) held: HeldBytes,
 }
 
@@ -136,13 +135,15 @@ pub(crate) struct Ingest {
     /// Batches folded into `aggregators`, not drained yet.
     pending: Vec<Pending>,
     pending_events: usize,
+    /// Their bytes in the budget.
+    pending_bytes: usize,
     /// Batches of the commit in flight.
     in_flight: Vec<Pending>,
     in_flight_events: usize,
     /// Where each pending or in-flight batch id is (a re-sent batch joins it).
     index: HashMap<(Arc<str>, u64), Loc>,
-    /// A flush is due (the interval passed, or pending reached half the cap) but a commit was in
-    /// flight: start the next one as soon as it ends.
+    /// A flush is due (the interval passed, or pending events, rows or bytes reached half their
+    /// cap) but a commit was in flight: start the next one as soon as it ends.
     due: bool,
     /// How long the last commit took.
     last_commit: Duration,
@@ -199,6 +200,7 @@ impl Ingest {
             by_stream,
             pending: Vec::new(),
             pending_events: 0,
+            pending_bytes: 0,
             in_flight: Vec::new(),
             in_flight_events: 0,
             index: HashMap::new(),
@@ -245,7 +247,7 @@ impl Ingest {
                     self.accept(batch);
                     if self.pending_events >= cap / 2
                         || self.pending_rows() >= row_cap / 2
-                        || self.budget.held() >= self.budget.total() / 2
+                        || self.pending_bytes >= self.budget.total() / 2
                     {
                         self.due = true;
                         if task.is_none() {
@@ -355,6 +357,7 @@ impl Ingest {
         match self.take(&batch) {
             Ok(n) => {
                 self.pending_events += n;
+                self.pending_bytes += batch.held.bytes();
                 self.metrics
                     .pending_events
                     .fetch_add(i64::try_from(n).unwrap_or(0), Ordering::Relaxed);
@@ -427,6 +430,7 @@ impl Ingest {
         let deltas = drain(&mut self.aggregators);
         self.in_flight = std::mem::take(&mut self.pending);
         self.in_flight_events = std::mem::take(&mut self.pending_events);
+        self.pending_bytes = 0;
         for (i, p) in self.in_flight.iter().enumerate() {
             self.index.insert(p.batch.key(), Loc::InFlight(i));
         }
@@ -736,6 +740,7 @@ impl Ingest {
         ) {
             Ok(n) => {
                 self.pending_events += n;
+                self.pending_bytes += p.batch.held.bytes();
                 self.index.insert(key, Loc::Pending(self.pending.len()));
                 self.pending.push(p);
             }
@@ -771,6 +776,7 @@ impl Ingest {
             }
             let Some((i, e)) = failed else {
                 self.pending_events = events;
+                self.pending_bytes = self.pending.iter().map(|p| p.batch.held.bytes()).sum();
                 break;
             };
             // Unreachable for validated batches; never let one poison the others.

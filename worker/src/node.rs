@@ -321,7 +321,8 @@ async fn serve_with_lease(
     }
     tracing::info!("stopping: no new connections; flushing");
     stop_serving.cancel();
-    // Let connections hand over what they already read, then flush and ack it.
+    // Connections have stopped reading (a batch still waiting for room in the byte budget is
+    // dropped unacked: its publisher re-sends it); flush and ack what was handed over.
     stop_ingest.cancel();
     let _ = ingest_task.await;
     let _ = server_task.await;

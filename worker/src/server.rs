@@ -443,6 +443,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                                     () = shutdown.cancelled() => {}
                                     handed = hand_over => handed?,
                                 }
+                                // Waiting for room is the worker's doing, not the publisher's
+                                // silence: the idle timeout starts again.
+                                last_heard = tokio::time::Instant::now();
                             }
                             Err(Check::Reject(code, reason)) => {
                                 Metrics::add(&shared.metrics.batches_rejected, 1);

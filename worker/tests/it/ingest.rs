@@ -576,7 +576,10 @@ async fn a_stalled_database_holds_no_more_batch_bytes_than_the_budget_and_loses_
         &db,
         "node-bytes",
         "200ms",
-        &format!("  max_frame_len: {budget}\n  max_pending_bytes: {budget}\n"),
+        &format!(
+            "  max_frame_len: {}\n  max_pending_bytes: {budget}\n",
+            budget / 2
+        ),
     );
     let mut blocker = sqlx::SqliteConnection::connect(&db.url)
         .await
@@ -635,7 +638,10 @@ async fn a_commit_is_due_when_the_batches_held_reach_half_the_byte_budget() {
         &db,
         "node-half-bytes",
         "1h",
-        &format!("  max_frame_len: {budget}\n  max_pending_bytes: {budget}\n"),
+        &format!(
+            "  max_frame_len: {}\n  max_pending_bytes: {budget}\n",
+            budget / 2
+        ),
     );
     let mut c = RawClient::connect(w.listen, "gw-half-bytes", "")
         .await
