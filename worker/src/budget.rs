@@ -24,11 +24,10 @@ pub(crate) struct FrameBudget {
     metrics: Arc<Metrics>,
 }
 
-/// Bytes reserved for one batch, given back when it is dropped.
+/// Bytes reserved for one batch (a permit per byte), given back when it is dropped.
 #[derive(Debug)]
 pub(crate) struct HeldBytes {
-    _permit: OwnedSemaphorePermit,
-    bytes: usize,
+    permit: OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
 }
 
@@ -48,23 +47,14 @@ impl FrameBudget {
     }
 
     /// Waits until `bytes` fit in what is left, then holds them. A batch larger than the whole
-    /// budget takes all of it (configuration keeps `max_frame_len` within the budget).
+    /// budget takes all of it (configuration keeps `max_frame_len` within half the budget).
     pub(crate) async fn reserve(&self, bytes: usize) -> Result<HeldBytes, Closed> {
-        let n = bytes.clamp(1, self.total);
-        let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+        let n = u32::try_from(bytes.clamp(1, self.total)).unwrap_or(u32::MAX);
         let permit = Arc::clone(&self.permits)
-            .acquire_many_owned(n32)
+            .acquire_many_owned(n)
             .await
             .map_err(|_| Closed)?;
-        let bytes = n32 as usize;
-        self.metrics
-            .pending_bytes
-            .fetch_add(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
-        Ok(HeldBytes {
-            _permit: permit,
-            bytes,
-            metrics: Arc::clone(&self.metrics),
-        })
+        Ok(HeldBytes::new(permit, &self.metrics))
     }
 
     /// Bytes held now, by every batch not yet acked.
@@ -86,38 +76,41 @@ impl FrameBudget {
 }
 
 impl HeldBytes {
+    /// Holds `permit`'s bytes, counted in `shardtally_pending_bytes` until dropped.
+    fn new(permit: OwnedSemaphorePermit, metrics: &Arc<Metrics>) -> HeldBytes {
+        let held = HeldBytes {
+            permit,
+            metrics: Arc::clone(metrics),
+        };
+        let n = held.signed();
+        held.metrics.pending_bytes.fetch_add(n, Ordering::Relaxed);
+        held
+    }
+
     /// How many bytes this batch holds.
     pub(crate) fn bytes(&self) -> usize {
-        self.bytes
+        self.permit.num_permits()
     }
-}
 
-#[cfg(test)]
-impl HeldBytes {
+    fn signed(&self) -> i64 {
+        i64::try_from(self.bytes()).unwrap_or(i64::MAX)
+    }
+
     /// Bytes held against a budget of their own (for unit tests of what carries them).
+    #[cfg(test)]
     pub(crate) fn detached(bytes: u32) -> HeldBytes {
-        let metrics = Arc::new(Metrics::new());
         let budget = Arc::new(Semaphore::new(bytes as usize));
         let permit = budget
             .try_acquire_many_owned(bytes)
             .expect("a fresh budget");
-        metrics
-            .pending_bytes
-            .store(i64::from(bytes), Ordering::Relaxed);
-        HeldBytes {
-            _permit: permit,
-            bytes: bytes as usize,
-            metrics,
-        }
+        HeldBytes::new(permit, &Arc::new(Metrics::new()))
     }
 }
 
 impl Drop for HeldBytes {
     fn drop(&mut self) {
-        self.metrics.pending_bytes.fetch_sub(
-            i64::try_from(self.bytes).unwrap_or(i64::MAX),
-            Ordering::Relaxed,
-        );
+        let n = self.signed();
+        self.metrics.pending_bytes.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
@@ -136,7 +129,7 @@ mod tests {
         // Full: the next one waits until a batch leaves.
         let waiting = tokio::spawn({
             let budget = budget.clone();
-            async move { budget.reserve(50).await.map(|h| h.bytes) }
+            async move { budget.reserve(50).await.map(|h| h.bytes()) }
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
@@ -155,15 +148,15 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let budget = FrameBudget::new(100, Arc::clone(&metrics));
         let all = budget.reserve(1_000).await.expect("open");
-        assert_eq!((all.bytes, budget.held()), (100, 100));
+        assert_eq!((all.bytes(), budget.held()), (100, 100));
         let waiting = tokio::spawn({
             let budget = budget.clone();
-            async move { budget.reserve(1).await.map(|h| h.bytes) }
+            async move { budget.reserve(1).await.map(|h| h.bytes()) }
         });
         tokio::task::yield_now().await;
         budget.close();
         assert_eq!(waiting.await.expect("join"), Err(Closed));
-        assert_eq!(budget.reserve(1).await.map(|h| h.bytes), Err(Closed));
+        assert_eq!(budget.reserve(1).await.map(|h| h.bytes()), Err(Closed));
         drop(all);
         assert_eq!(metrics.pending_bytes.load(Ordering::Relaxed), 0);
     }

@@ -2,8 +2,8 @@
 //!
 //! One task owns every [`Aggregator`]. Connection tasks hand it validated batches through a
 //! bounded channel; it records their events on arrival and keeps each batch (id, frame bytes, ack
-//! route) as *pending*. A flush — every `flush_interval`, or sooner when pending events,
-//! pending rows or the bytes of the batches held reach half their cap — drains the aggregators into deltas and commits them together with the
+//! route) as *pending*. A flush — every `flush_interval`, or sooner when the pending batches'
+//! events, rows or bytes reach half their cap — drains the aggregators into deltas and commits them together with the
 //! pending batch ids in one transaction ([`Store::commit`]); only then are the batches acked.
 //! Flushes start early by the duration of the last commit (down to a quarter of the interval),
 //! so a batch is committed, and acked, about one flush interval after it arrives.

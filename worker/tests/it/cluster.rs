@@ -356,12 +356,7 @@ impl RawClient {
         columns: &[&str],
         rows: &[Vec<Value>],
     ) {
-        let mut enc = BatchEncoder::new(stream, columns).expect("encoder");
-        for row in rows {
-            let refs: Vec<_> = row.iter().map(Value::as_ref).collect();
-            enc.push_event(&refs).expect("push");
-        }
-        let bytes = enc.finish(seq);
+        let bytes = encoder_with(stream, columns, rows).finish(seq);
         self.framed.send(bytes).await.expect("send batch");
     }
 
@@ -388,6 +383,21 @@ pub fn naples_rows(n: usize) -> Vec<Vec<Value>> {
             ]
         })
         .collect()
+}
+
+/// An encoder holding `rows` of `stream` (values in `columns` order), not yet finished.
+pub fn encoder_with(stream: &str, columns: &[&str], rows: &[Vec<Value>]) -> BatchEncoder {
+    let mut enc = BatchEncoder::new(stream, columns).expect("encoder");
+    for row in rows {
+        let refs: Vec<_> = row.iter().map(Value::as_ref).collect();
+        enc.push_event(&refs).expect("push");
+    }
+    enc
+}
+
+/// An encoder holding [`naples_rows`]`(n)` of `geoTempStream`, not yet finished.
+pub fn naples_encoder(n: usize) -> BatchEncoder {
+    encoder_with("geoTempStream", &GEO_COLUMNS, &naples_rows(n))
 }
 
 /// The GeoLocation stream's columns.

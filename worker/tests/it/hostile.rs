@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
 use shardtally_publisher::protocol::{
-    BatchEncoder, ErrorCode, Frame, FrameCodec, Hello, PROTOCOL_VERSION, Value,
+    ErrorCode, Frame, FrameCodec, Hello, PROTOCOL_VERSION, Value,
 };
 use shardtally_publisher::{FullPolicy, Publisher};
 use shardtally_worker::catalog::Catalog;
@@ -19,7 +19,7 @@ use shardtally_worker::store::Backend;
 use tokio_util::codec::{Encoder, Framed};
 
 use crate::cluster::{
-    GEO_COLUMNS, HOUR_QUERY, WorkerProc, http, http_with, metric, naples_hour, naples_rows,
+    HOUR_QUERY, WorkerProc, http, http_with, metric, naples_encoder, naples_hour, naples_rows,
     publish_rows, query_records, scratch_dir, serve_args,
 };
 use crate::common::TestDb;
@@ -79,11 +79,7 @@ fn hello(token: &str) -> Frame {
 async fn pipelined_hello_and_batch(addr: std::net::SocketAddr, token: &str) -> Vec<Frame> {
     let socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut framed = Framed::new(socket, FrameCodec::default());
-    let mut enc = BatchEncoder::new("geoTempStream", &GEO_COLUMNS).expect("encoder");
-    for row in naples_rows(100) {
-        let refs: Vec<_> = row.iter().map(Value::as_ref).collect();
-        enc.push_event(&refs).expect("push");
-    }
+    let enc = naples_encoder(100);
     framed.feed(hello(token)).await.expect("hello");
     framed.feed(enc.finish(1)).await.expect("batch");
     SinkExt::<Frame>::flush(&mut framed).await.expect("flush");
@@ -386,12 +382,7 @@ async fn a_hello_longer_than_64_kib_is_refused_before_it_is_read() {
         matches!(welcome, Ok(Some(Ok(Frame::Welcome(_))))),
         "{welcome:?}"
     );
-    let mut enc = BatchEncoder::new("geoTempStream", &GEO_COLUMNS).expect("encoder");
-    for row in naples_rows(2_000) {
-        let refs: Vec<_> = row.iter().map(Value::as_ref).collect();
-        enc.push_event(&refs).expect("push");
-    }
-    let batch = enc.finish(1);
+    let batch = naples_encoder(2_000).finish(1);
     assert!(batch.len() > 64 * 1024, "{} bytes", batch.len());
     framed.send(batch).await.expect("batch");
     let ack = tokio::time::timeout(Duration::from_secs(10), framed.next()).await;

@@ -6,11 +6,11 @@ use std::net::TcpStream;
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use shardtally_publisher::protocol::{BatchEncoder, ErrorCode, Frame, RejectCode, Value};
+use shardtally_publisher::protocol::{ErrorCode, Frame, RejectCode, Value};
 
 use crate::cluster::{
-    GEO_COLUMNS, RawClient, WorkerProc, app_file, http, metric, naples_rows, query_records,
-    read_some, scratch_dir, serve_args, set_arg,
+    GEO_COLUMNS, RawClient, WorkerProc, app_file, http, metric, naples_encoder, naples_rows,
+    query_records, read_some, scratch_dir, serve_args, set_arg,
 };
 use crate::common::{TestDb, on_every_backend};
 use shardtally_worker::store::Backend;
@@ -122,11 +122,7 @@ async fn malformed_event_bytes_close_the_connection_and_count_nothing() {
         .await
         .expect("hello");
     // A valid batch of two events whose header claims three: the third cannot be decoded.
-    let mut enc = BatchEncoder::new("geoTempStream", &GEO_COLUMNS).expect("encoder");
-    for row in naples_rows(2) {
-        let refs: Vec<_> = row.iter().map(Value::as_ref).collect();
-        enc.push_event(&refs).expect("push");
-    }
+    let enc = naples_encoder(2);
     let count_at = enc.header_len() - 4;
     let mut frame = BytesMut::from(&enc.finish(1)[..]);
     frame[count_at..count_at + 4].copy_from_slice(&3u32.to_be_bytes());
@@ -523,25 +519,40 @@ async fn assert_no_frame_within_a_second(c: &mut RawClient, why: &str) {
 /// rows are seconds or the minutes … years above them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_is_due_when_the_rows_of_every_granularity_reach_half_the_cap() {
-    let db = TestDb::fresh(Backend::Sqlite).await;
-    let w = worker_with(&db, "node-cap", "1h", "  max_pending_rows: 100\n");
-    let mut c = RawClient::connect(w.listen, "gw-cap", "")
-        .await
-        .expect("hello");
-    // 10 events 6 minutes apart: 10 seconds + 10 minutes + 1 hour, day, month, year = 24 rows.
-    c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(10))
-        .await;
-    assert_no_frame_within_a_second(
-        &mut c,
+    // 10 events 6 minutes apart: 10 seconds + 10 minutes + 1 hour, day, month, year = 24 rows;
+    // then 30 more, 2 minutes apart (every third on a second of the first batch): 30 seconds +
+    // 30 minutes + 4 = 64 rows ≥ 50, though only 30 of them are seconds.
+    a_commit_is_due_at_the_second_batch(
+        "node-cap",
+        "  max_pending_rows: 100\n",
+        (10, 30),
         "24 pending rows of a 100-row cap: nothing is due before the hour's flush",
     )
     .await;
-    // 30 more, 2 minutes apart (every third on a second of the first batch): 30 seconds + 30
-    // minutes + 4 = 64 rows ≥ 50, though only 30 of them are seconds.
-    c.send_batch(2, "geoTempStream", &GEO_COLUMNS, &naples_rows(30))
+}
+
+/// With flushes an hour apart, a worker configured by `yaml` acks nothing after a first batch of
+/// `events.0` Naples events (`why`), and both batches, counted once, after a second of
+/// `events.1`: the pending batches reached half a cap.
+async fn a_commit_is_due_at_the_second_batch(
+    node: &str,
+    yaml: &str,
+    events: (usize, usize),
+    why: &str,
+) {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = worker_with(&db, node, "1h", yaml);
+    let mut c = RawClient::connect(w.listen, &format!("gw-{node}"), "")
+        .await
+        .expect("hello");
+    c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(events.0))
+        .await;
+    assert_no_frame_within_a_second(&mut c, why).await;
+    c.send_batch(2, "geoTempStream", &GEO_COLUMNS, &naples_rows(events.1))
         .await;
     assert_eq!(recv_acks(&mut c, 2).await, [1, 2]);
-    assert_eq!(query_records(&db.url, HOUR_QUERY), naples(40));
+    let total = i64::try_from(events.0 + events.1).expect("events");
+    assert_eq!(query_records(&db.url, HOUR_QUERY), naples(total));
     drop(w);
     db.cleanup().await;
 }
@@ -550,12 +561,7 @@ async fn a_commit_is_due_when_the_rows_of_every_granularity_reach_half_the_cap()
 fn naples_event_bytes(n: usize) -> usize {
     use shardtally_publisher::protocol::FrameCodec;
     use tokio_util::codec::Decoder;
-    let mut enc = BatchEncoder::new("geoTempStream", &GEO_COLUMNS).expect("encoder");
-    for row in naples_rows(n) {
-        let refs: Vec<_> = row.iter().map(Value::as_ref).collect();
-        enc.push_event(&refs).expect("push");
-    }
-    let mut frame = BytesMut::from(&enc.finish(1)[..]);
+    let mut frame = BytesMut::from(&naples_encoder(n).finish(1)[..]);
     match FrameCodec::default().decode(&mut frame) {
         Ok(Some(Frame::Batch(b))) => b.events.len(),
         other => panic!("not a batch: {other:?}"),
@@ -627,36 +633,19 @@ async fn a_stalled_database_holds_no_more_batch_bytes_than_the_budget_and_loses_
     db.cleanup().await;
 }
 
-/// A commit is due once the batches held reach half of `max_pending_bytes`, flush or not.
+/// A commit is due once the pending batches hold half of `max_pending_bytes`, flush or not.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_is_due_when_the_batches_held_reach_half_the_byte_budget() {
-    let per_batch = naples_event_bytes(25);
-    let db = TestDb::fresh(Backend::Sqlite).await;
     // Two batches are half the budget; one is not.
-    let budget = 4 * per_batch;
-    let w = worker_with(
-        &db,
+    let budget = 4 * naples_event_bytes(25);
+    a_commit_is_due_at_the_second_batch(
         "node-half-bytes",
-        "1h",
         &format!(
             "  max_frame_len: {}\n  max_pending_bytes: {budget}\n",
             budget / 2
         ),
-    );
-    let mut c = RawClient::connect(w.listen, "gw-half-bytes", "")
-        .await
-        .expect("hello");
-    c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(25))
-        .await;
-    assert_no_frame_within_a_second(
-        &mut c,
+        (25, 25),
         "a quarter of the budget: nothing is due before the hour's flush",
     )
     .await;
-    c.send_batch(2, "geoTempStream", &GEO_COLUMNS, &naples_rows(25))
-        .await;
-    assert_eq!(recv_acks(&mut c, 2).await, [1, 2]);
-    assert_eq!(query_records(&db.url, HOUR_QUERY), naples(50));
-    drop(w);
-    db.cleanup().await;
 }
