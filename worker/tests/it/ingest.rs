@@ -269,9 +269,30 @@ async fn http_store_api_answers_like_siddhi() {
     db.cleanup().await;
 }
 
+/// Takes an SQLite database's write lock (`BEGIN EXCLUSIVE`) away from its workers: their
+/// commits fail (SQLITE_BUSY) until [`unlock_sqlite`].
+async fn lock_sqlite(url: &str) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let mut blocker = sqlx::SqliteConnection::connect(url).await.expect("connect");
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut blocker)
+        .await
+        .expect("lock");
+    blocker
+}
+
+/// Gives the write lock of [`lock_sqlite`] back.
+async fn unlock_sqlite(mut blocker: sqlx::SqliteConnection) {
+    use sqlx::Connection;
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("unlock");
+    blocker.close().await.expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_outage_holds_acks_reports_unhealthy_and_recovers_without_loss() {
-    use sqlx::Connection;
     let db = TestDb::fresh(Backend::Sqlite).await;
     let w = WorkerProc::start(&serve_args(&db.url, "node-a"));
     let mut c = RawClient::connect(w.listen, "gw-outage", "")
@@ -279,13 +300,7 @@ async fn a_database_outage_holds_acks_reports_unhealthy_and_recovers_without_los
         .expect("hello");
 
     // Take the database's write lock away from the worker: its commits now fail (SQLITE_BUSY).
-    let mut blocker = sqlx::SqliteConnection::connect(&db.url)
-        .await
-        .expect("connect");
-    sqlx::raw_sql("BEGIN EXCLUSIVE")
-        .execute(&mut blocker)
-        .await
-        .expect("lock");
+    let blocker = lock_sqlite(&db.url).await;
 
     c.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(100))
         .await;
@@ -303,11 +318,7 @@ async fn a_database_outage_holds_acks_reports_unhealthy_and_recovers_without_los
     assert!(unhealthy, "/health should report the failing database");
 
     // The database comes back: the same batch commits once, then it is acked.
-    sqlx::raw_sql("ROLLBACK")
-        .execute(&mut blocker)
-        .await
-        .expect("unlock");
-    blocker.close().await.expect("close");
+    unlock_sqlite(blocker).await;
     assert_eq!(c.recv().await, Frame::Ack { seq: 1 });
     assert_eq!(query_records(&db.url, HOUR_QUERY), naples(100));
     assert_eq!(http(w.http, "GET", "/health", "").0, 200);
@@ -574,7 +585,6 @@ fn naples_event_bytes(n: usize) -> usize {
 /// commits, exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_database_holds_no_more_batch_bytes_than_the_budget_and_loses_nothing() {
-    use sqlx::Connection;
     let per_batch = naples_event_bytes(25);
     let budget = 3 * per_batch;
     let db = TestDb::fresh(Backend::Sqlite).await;
@@ -587,13 +597,7 @@ async fn a_stalled_database_holds_no_more_batch_bytes_than_the_budget_and_loses_
             budget / 2
         ),
     );
-    let mut blocker = sqlx::SqliteConnection::connect(&db.url)
-        .await
-        .expect("connect");
-    sqlx::raw_sql("BEGIN EXCLUSIVE")
-        .execute(&mut blocker)
-        .await
-        .expect("lock");
+    let blocker = lock_sqlite(&db.url).await;
     let mut c = RawClient::connect(w.listen, "gw-bytes", "")
         .await
         .expect("hello");
@@ -619,11 +623,7 @@ async fn a_stalled_database_holds_no_more_batch_bytes_than_the_budget_and_loses_
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     assert_eq!(gauges(), held);
 
-    sqlx::raw_sql("ROLLBACK")
-        .execute(&mut blocker)
-        .await
-        .expect("unlock");
-    blocker.close().await.expect("close");
+    unlock_sqlite(blocker).await;
     assert_eq!(recv_acks(&mut c, 20).await, (1..=20).collect::<Vec<u64>>());
     assert_eq!(query_records(&db.url, HOUR_QUERY), naples(500));
     let text = http(w.http, "GET", "/metrics", "").1;
