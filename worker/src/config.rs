@@ -219,7 +219,10 @@ pub struct OwnSection {
     pub allow_shard_change: Option<bool>,
     /// Accept publishers without a token on a non-loopback address.
     pub allow_unauthenticated: Option<bool>,
-    /// Maximum events held uncommitted before reading from sockets pauses.
+    /// Maximum events held uncommitted before reading from sockets pauses; a commit is due at
+    /// half. Memory is bounded by `max_pending_bytes` and `max_pending_rows`: what a commit
+    /// costs is the rows it writes, not its events, so this cap is set high enough (2,000,000)
+    /// that at high rates commits follow the flush interval rather than an event count.
     pub max_pending_events: Option<usize>,
     /// Maximum aggregate rows, over every granularity, the events folded but not yet drained
     /// would write (an upper bound): bounds a commit's size, its duration and the worker's
@@ -690,7 +693,7 @@ impl WorkerConfig {
         if max_query_rows == 0 {
             return Err(ConfigError::invalid("max_query_rows", "must be at least 1"));
         }
-        let max_pending_events = own.and_then(|s| s.max_pending_events).unwrap_or(500_000);
+        let max_pending_events = own.and_then(|s| s.max_pending_events).unwrap_or(2_000_000);
         let max_pending_rows = own.and_then(|s| s.max_pending_rows).unwrap_or(100_000);
         for (key, n) in [
             ("max_pending_events", max_pending_events),
@@ -962,7 +965,7 @@ shardtally:
                 c.max_pending_rows,
                 c.max_pending_bytes
             ),
-            (500_000, 100_000, 64 << 20)
+            (2_000_000, 100_000, 64 << 20)
         );
         assert_eq!(
             c.query_limits,
