@@ -220,9 +220,13 @@ pub struct OwnSection {
     /// Accept publishers without a token on a non-loopback address.
     pub allow_unauthenticated: Option<bool>,
     /// Maximum events held uncommitted before reading from sockets pauses; a commit is due at
-    /// half. Memory is bounded by `max_pending_bytes` and `max_pending_rows`: what a commit
-    /// costs is the rows it writes, not its events, so this cap is set high enough (2,000,000)
-    /// that at high rates commits follow the flush interval rather than an event count.
+    /// half. Memory is bounded by `max_pending_bytes` and `max_pending_rows`; this cap keeps
+    /// acks flowing when events arrive faster than the flush interval commits them: a
+    /// publisher waits for acks once its buffer (default 1,000,000 events) is unacked, so a
+    /// cap far above it leaves a fast publisher at buffer ÷ flush interval. The default,
+    /// 1,000,000, commits at 500,000 events per worker: at 2 M events/s per worker the 200 ms
+    /// default interval decides (a commit's cost is its rows, not its events), 1 s flushes
+    /// this cap.
     pub max_pending_events: Option<usize>,
     /// Maximum aggregate rows, over every granularity, the events folded but not yet drained
     /// would write (an upper bound): bounds a commit's size, its duration and the worker's
@@ -693,7 +697,7 @@ impl WorkerConfig {
         if max_query_rows == 0 {
             return Err(ConfigError::invalid("max_query_rows", "must be at least 1"));
         }
-        let max_pending_events = own.and_then(|s| s.max_pending_events).unwrap_or(2_000_000);
+        let max_pending_events = own.and_then(|s| s.max_pending_events).unwrap_or(1_000_000);
         let max_pending_rows = own.and_then(|s| s.max_pending_rows).unwrap_or(100_000);
         for (key, n) in [
             ("max_pending_events", max_pending_events),
@@ -965,7 +969,7 @@ shardtally:
                 c.max_pending_rows,
                 c.max_pending_bytes
             ),
-            (2_000_000, 100_000, 64 << 20)
+            (1_000_000, 100_000, 64 << 20)
         );
         assert_eq!(
             c.query_limits,
