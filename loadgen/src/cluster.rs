@@ -159,7 +159,29 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// Chooses a listen and an HTTP port per worker, starts them all, and waits until every one
     /// is ready. On error the workers already started are killed.
+    ///
+    /// A free port is only free until something else binds it: released by [`free_ports`] and
+    /// then taken (another cluster starting, or an outgoing connection's ephemeral port) before
+    /// the worker binds it, it makes the worker exit saying so. The whole start is then tried
+    /// again with new ports, up to [`PORT_ATTEMPTS`] times.
     pub(crate) async fn start(
+        specs: &[WorkerSpec],
+        config: &ClusterConfig,
+    ) -> Result<Cluster, ClusterError> {
+        let mut attempt = 1;
+        loop {
+            match Cluster::start_once(specs, config).await {
+                Err(ClusterError::Exited { ref tail, .. })
+                    if attempt < PORT_ATTEMPTS && tail.contains(ADDR_IN_USE) =>
+                {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(
         specs: &[WorkerSpec],
         config: &ClusterConfig,
     ) -> Result<Cluster, ClusterError> {
@@ -396,6 +418,12 @@ impl Starting {
         }
     }
 }
+
+/// How many times [`Cluster::start`] chooses ports when one was taken before a worker bound it.
+const PORT_ATTEMPTS: u32 = 3;
+
+/// What a worker's log says when its port was taken (`std::io::ErrorKind::AddrInUse`'s text).
+const ADDR_IN_USE: &str = "Address already in use";
 
 /// Reserves `n` distinct free loopback ports (all bound at once, then released).
 fn free_ports(n: usize) -> io::Result<Vec<u16>> {
