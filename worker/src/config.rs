@@ -220,13 +220,12 @@ pub struct OwnSection {
     /// Accept publishers without a token on a non-loopback address.
     pub allow_unauthenticated: Option<bool>,
     /// Maximum events held uncommitted before reading from sockets pauses; a commit is due at
-    /// half. Memory is bounded by `max_pending_bytes` and `max_pending_rows`; this cap keeps
-    /// acks flowing when events arrive faster than the flush interval commits them: a
-    /// publisher waits for acks once its buffer (default 1,000,000 events) is unacked, so a
-    /// cap far above it leaves a fast publisher at buffer ÷ flush interval. The default,
-    /// 1,000,000, commits at 500,000 events per worker: at 2 M events/s per worker the 200 ms
-    /// default interval decides (a commit's cost is its rows, not its events), 1 s flushes
-    /// this cap.
+    /// half. Memory is bounded by `max_pending_bytes` and `max_pending_rows`; this cap decides
+    /// how soon acks come back when events arrive faster than the flush interval commits them.
+    /// A publisher waits for acks once its buffer (default 1,000,000 events) is unacked, so a
+    /// cap far above that holds a fast publisher to one buffer per flush interval. The
+    /// default, 1,000,000, makes a commit due at 500,000 events: at 2 M events/s per worker
+    /// the 200 ms interval comes first, at 1 s flushes this cap does.
     pub max_pending_events: Option<usize>,
     /// Maximum aggregate rows, over every granularity, the events folded but not yet drained
     /// would write (an upper bound): bounds a commit's size, its duration and the worker's
@@ -482,11 +481,13 @@ pub struct WorkerConfig {
     pub dedup_window: Duration,
     /// Accept a changed shard id for this node.
     pub allow_shard_change: bool,
-    /// Events held uncommitted before sockets stop being read.
+    /// Events held uncommitted before sockets stop being read (a commit is due at half).
     pub max_pending_events: usize,
-    /// Finest-granularity rows folded before a commit is due and sockets stop being read.
+    /// Rows of every granularity the pending events would write (an upper bound) before
+    /// sockets stop being read (a commit is due at half).
     pub max_pending_rows: usize,
-    /// Event bytes of the batches held before sockets stop being read.
+    /// Event bytes of the batches held before sockets stop being read (a commit is due when
+    /// the pending ones hold half).
     pub max_pending_bytes: usize,
     /// Maximum frame length.
     pub max_frame_len: u32,
