@@ -14,7 +14,8 @@ use crate::error::PublishError;
 use crate::event::Event;
 use crate::protocol::frame::kind;
 use crate::protocol::{
-    AttrType, BatchEncoder, Frame, LEN_PREFIX, ProtocolError, StreamSchema, Value, ValueRef,
+    AttrType, Attribute, BatchEncoder, Frame, LEN_PREFIX, ProtocolError, StreamSchema, Value,
+    ValueRef,
 };
 
 /// A batch ready to send: its complete frame and what the buffer holds for it.
@@ -92,6 +93,18 @@ struct StreamSlot {
     name: Arc<str>,
     schema: Option<Arc<StreamSchema>>,
     open: Option<OpenBatch>,
+}
+
+/// Refuses a value of the right type that the worker's store cannot hold (see
+/// [`Attribute::check`]): null in a group-by key, a string with NUL or longer than its column, a
+/// non-finite number.
+#[inline]
+fn check_stored(stream: &str, attr: &Attribute, v: ValueRef<'_>) -> Result<(), PublishError> {
+    attr.check(v).map_err(|reason| PublishError::InvalidValue {
+        stream: stream.to_owned(),
+        attribute: attr.name.clone(),
+        reason,
+    })
 }
 
 /// Where schemas come from.
@@ -294,6 +307,7 @@ impl Batcher {
                     got,
                 });
             }
+            check_stored(stream, attr, *v)?;
         }
         let limits = self.limits;
         let record = self.record_times;
@@ -363,6 +377,10 @@ impl Batcher {
                     expected: attr.ty,
                     got: v.attr_type().unwrap_or(attr.ty),
                 })?;
+            }
+            // Every attribute, so that a required one left out (null) is refused too.
+            for (attr, v) in schema.attributes.iter().zip(&values) {
+                check_stored(stream, attr, *v)?;
             }
             let schema = Arc::clone(schema);
             if !slot

@@ -133,6 +133,7 @@ impl Shared {
                 PublishError::UnknownStream { .. }
                 | PublishError::UnknownAttribute { .. }
                 | PublishError::TypeMismatch { .. }
+                | PublishError::InvalidValue { .. }
                 | PublishError::WrongArity { .. }
                 | PublishError::SchemaRequired { .. }
                 | PublishError::EventTooLarge { .. }

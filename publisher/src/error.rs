@@ -164,6 +164,17 @@ pub enum PublishError {
         /// The value's type.
         got: AttrType,
     },
+    /// A value of the right type that the worker's store cannot hold: null in a group-by key,
+    /// a string with NUL or longer than its column, a non-finite number.
+    #[error("attribute {stream}.{attribute}: {reason}")]
+    InvalidValue {
+        /// The stream.
+        stream: String,
+        /// The attribute.
+        attribute: String,
+        /// Why.
+        reason: String,
+    },
     /// `publish_values` got a different number of values than the stream has attributes.
     #[error("stream {stream:?} has {expected} attributes, got {got} values")]
     WrongArity {

@@ -3,12 +3,13 @@
 
 use std::path::Path;
 
-use shardtally_publisher::protocol::StreamSchema;
+use shardtally_publisher::protocol::{AttrType, StreamSchema};
 
 use crate::config::AppSource;
 use crate::engine::{self, Aggregator, EngineError};
 use crate::layout::Layout;
 use crate::siddhi::{self, AggregationDef, App};
+use crate::store::{STRING_MAX_CHARS, key_string_chars};
 
 /// Why an app could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,8 @@ impl Catalog {
                 path: path.to_owned(),
                 source,
             })?;
+        let mut app = app;
+        constrain(&mut app.streams, &app.aggregations, &layouts);
         let key_columns = app
             .streams
             .iter()
@@ -155,6 +158,34 @@ impl Catalog {
         (0..self.app.aggregations.len())
             .filter(|&i| &self.app.aggregations[i].stream == name)
             .collect()
+    }
+}
+
+/// Puts on each stream's attributes what the store can hold of them, as announced to
+/// publishers (which then refuse such an event alone, at `publish`): every string at most
+/// [`STRING_MAX_CHARS`] characters, a group-by key never null and, as a string, at most its key
+/// column's characters (the tightest over the aggregations it keys).
+fn constrain(streams: &mut [StreamSchema], aggregations: &[AggregationDef], layouts: &[Layout]) {
+    for schema in streams {
+        for attr in &mut schema.attributes {
+            if attr.ty == AttrType::String {
+                attr.max_chars = Some(STRING_MAX_CHARS as u32);
+            }
+        }
+        for (agg, layout) in aggregations.iter().zip(layouts) {
+            if agg.stream != schema.name {
+                continue;
+            }
+            let key_chars = key_string_chars(layout) as u32;
+            for key in &layout.keys {
+                if let Some(attr) = schema.attributes.iter_mut().find(|a| a.name == key.name) {
+                    attr.required = true;
+                    if attr.ty == AttrType::String {
+                        attr.max_chars = attr.max_chars.map(|n| n.min(key_chars));
+                    }
+                }
+            }
+        }
     }
 }
 

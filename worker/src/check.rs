@@ -1,14 +1,15 @@
 //! What a batch's values must satisfy before they are folded, checked in the same pass that
-//! decodes them (each batch is decoded once): the stream schema's types, what every backend can
-//! store (strings of at most the column's characters, without NUL; finite numbers), and non-null
-//! group-by keys within the key columns' limits. One bad event refuses its whole batch, so it can
-//! never fail a flush.
+//! decodes them (each batch is decoded once): the stream schema's types and constraints
+//! ([`Attribute::check`](shardtally_publisher::protocol::Attribute::check): strings of at most
+//! the column's characters, without NUL; finite numbers; non-null group-by keys). The catalog
+//! puts the constraints on the schemas it announces, so a publisher that has them refuses such
+//! an event alone at `publish`; here one bad event refuses its whole batch, so it can never fail
+//! a flush.
 
-use shardtally_publisher::protocol::{AttrType, ErrorCode, ProtocolError, RejectCode, ValueRef};
+use shardtally_publisher::protocol::{ErrorCode, ProtocolError, RejectCode, ValueRef};
 
 use crate::catalog::Catalog;
 use crate::ingest::IncomingBatch;
-use crate::store::{check_typed, key_string_chars};
 
 /// Why a batch's events are not taken.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,30 +30,29 @@ impl From<ProtocolError> for Refusal {
 /// strings borrowed from the frame) and checks every value. Returns the number of events.
 pub(crate) fn decode_checked<'f>(
     catalog: &Catalog,
-    max_string_len: usize,
     batch: &'f IncomingBatch,
     out: &mut Vec<ValueRef<'f>>,
 ) -> Result<usize, Refusal> {
     out.clear();
     let schema = &catalog.streams()[batch.stream];
     let positions = &batch.positions;
-    // The batch column (if any) carrying each group-by key, and the key column's type and
-    // string limit, resolved once per batch.
-    let keys: Vec<(Option<usize>, usize, usize, AttrType, usize)> = catalog
-        .key_columns(batch.stream)
-        .iter()
-        .map(|&(pos, agg, key)| {
-            let layout = &catalog.layouts[agg];
-            let ty = layout.keys.get(key).map_or(AttrType::String, |c| c.ty);
-            (
-                positions.iter().position(|&p| p == pos),
-                pos,
-                agg,
-                ty,
-                key_string_chars(layout),
-            )
-        })
-        .collect();
+    // A group-by key the batch does not carry would be null in every event.
+    if batch.frame.event_count > 0
+        && let Some(missing) = schema
+            .attributes
+            .iter()
+            .enumerate()
+            .find(|(p, a)| a.required && !positions.contains(p))
+    {
+        return Err(Refusal::Reject(
+            RejectCode::Invalid,
+            format!(
+                "the batch has no column {}.{}, a group-by key, which must not be null",
+                schema.name, missing.1.name
+            ),
+        ));
+    }
+    let attributes: Vec<_> = positions.iter().map(|&p| &schema.attributes[p]).collect();
     let width = positions.len();
     // Every value takes at least its one-byte tag: the claimed count cannot make us reserve more
     // than the frame's bytes (a 100-byte frame claiming 100,000 wide events reserves 100 values).
@@ -65,40 +65,15 @@ pub(crate) fn decode_checked<'f>(
     let mut reader = batch.frame.reader();
     let mut index = 0usize;
     while reader.next_event(&mut event)? {
-        for (v, &p) in event.iter().zip(positions.iter()) {
-            if let Err(reason) = schema.check_value(p, *v) {
+        for (v, attr) in event.iter().zip(&attributes) {
+            if let Err(reason) = attr.check(*v) {
+                let code = match v.attr_type() {
+                    Some(ty) if ty != attr.ty => RejectCode::SchemaMismatch,
+                    _ => RejectCode::Invalid,
+                };
                 return Err(Refusal::Reject(
-                    RejectCode::SchemaMismatch,
-                    format!("event #{index}: {reason}"),
-                ));
-            }
-            if let Err(reason) = check_stored_value(*v, max_string_len) {
-                return Err(Refusal::Reject(
-                    RejectCode::Invalid,
-                    format!(
-                        "event #{index}: {}.{}: {reason}",
-                        schema.name, schema.attributes[p].name
-                    ),
-                ));
-            }
-        }
-        for &(column, pos, agg, ty, max_chars) in &keys {
-            let value = column.map_or(ValueRef::Null, |i| event[i]);
-            // The common case, decided without another pass over the string: a string key no
-            // longer in bytes than the limit in characters (its NUL check was just done above).
-            if let ValueRef::String(s) = value
-                && ty == AttrType::String
-                && s.len() <= max_chars
-            {
-                continue;
-            }
-            if let Err(e) = check_typed(ty, max_chars, true, value) {
-                return Err(Refusal::Reject(
-                    RejectCode::Invalid,
-                    format!(
-                        "event #{index}: {}.{} is a group-by key of {}: {e}",
-                        schema.name, schema.attributes[pos].name, catalog.layouts[agg].aggregation
-                    ),
+                    code,
+                    format!("event #{index}: {}.{}: {reason}", schema.name, attr.name),
                 ));
             }
         }
@@ -106,31 +81,6 @@ pub(crate) fn decode_checked<'f>(
         index += 1;
     }
     Ok(index)
-}
-
-/// What every backend can store: strings of at most `max_chars` characters without NUL, finite
-/// floating-point numbers.
-fn check_stored_value(v: ValueRef<'_>, max_chars: usize) -> Result<(), String> {
-    match v {
-        ValueRef::String(text) => {
-            if text.contains('\0') {
-                return Err("strings must not contain NUL characters".into());
-            }
-            // Only count when the byte length could exceed the limit.
-            if text.len() > max_chars {
-                let chars = text.chars().count();
-                if chars > max_chars {
-                    return Err(format!(
-                        "{chars} characters; the store holds at most {max_chars}"
-                    ));
-                }
-            }
-            Ok(())
-        }
-        ValueRef::Float(x) if !x.is_finite() => Err(format!("{x} is not a finite number")),
-        ValueRef::Double(x) if !x.is_finite() => Err(format!("{x} is not a finite number")),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]
@@ -142,7 +92,7 @@ mod tests {
     use tokio_util::codec::Decoder as _;
 
     use super::*;
-    use crate::store::STRING_MAX_CHARS;
+    use crate::store::key_string_chars;
 
     /// Five string group-by keys: each may hold fewer characters than a non-key string.
     const WIDE_KEYS: &str = "@app:name('wide')
@@ -188,7 +138,7 @@ mod tests {
             held: crate::budget::HeldBytes::detached(1),
         };
         let mut out = Vec::new();
-        let n = decode_checked(catalog, STRING_MAX_CHARS, &batch, &mut out)?;
+        let n = decode_checked(catalog, &batch, &mut out)?;
         assert_eq!(out.len(), n * columns.len());
         Ok(n)
     }
@@ -221,24 +171,28 @@ mod tests {
             refused,
             Err(Refusal::Reject(
                 RejectCode::Invalid,
-                "event #2: s.a is a group-by key of WideAgg: string of 125 characters is longer \
-                 than the column's 124"
-                    .into()
+                "event #2: s.a: a string of 125 characters; the store holds at most 124".into()
             ))
         );
 
         // A null key value, and a key column the batch does not carry at all.
         let mut null = event("a");
         null[0] = ValueRef::Null;
-        let expected = Err(Refusal::Reject(
-            RejectCode::Invalid,
-            "event #0: s.a is a group-by key of WideAgg: a group-by value is null; group-by \
-             values must not be null"
-                .into(),
-        ));
-        assert_eq!(check(&catalog, &columns, &[null]), expected);
+        assert_eq!(
+            check(&catalog, &columns, &[event("a"), null]),
+            Err(Refusal::Reject(
+                RejectCode::Invalid,
+                "event #1: s.a: null, but it is a group-by key, which must not be null".into(),
+            ))
+        );
         let without_a = event("a")[1..].to_vec();
-        assert_eq!(check(&catalog, &columns[1..], &[without_a]), expected);
+        assert_eq!(
+            check(&catalog, &columns[1..], &[without_a]),
+            Err(Refusal::Reject(
+                RejectCode::Invalid,
+                "the batch has no column s.a, a group-by key, which must not be null".into(),
+            ))
+        );
 
         // A NUL inside a key is caught by the check every stored string gets.
         let refused = check(&catalog, &columns, &[event("a\0b")]);
@@ -252,15 +206,21 @@ mod tests {
     }
 
     #[test]
-    fn stored_values_are_checked_for_what_every_backend_holds() {
-        assert!(check_stored_value(ValueRef::String("Naples"), 6).is_ok());
-        assert!(check_stored_value(ValueRef::String("Nàpoli"), 6).is_ok());
-        let long = check_stored_value(ValueRef::String("Napoli!"), 6).unwrap_err();
-        assert_eq!(long, "7 characters; the store holds at most 6");
-        assert!(check_stored_value(ValueRef::String("a\0b"), 6).is_err());
-        assert!(check_stored_value(ValueRef::Double(f64::NAN), 6).is_err());
-        assert!(check_stored_value(ValueRef::Float(f32::INFINITY), 6).is_err());
-        assert!(check_stored_value(ValueRef::Long(7), 6).is_ok());
-        assert!(check_stored_value(ValueRef::Null, 6).is_ok());
+    fn non_key_values_are_held_to_what_every_backend_stores_and_types_to_the_schema() {
+        let catalog = Catalog::from_text(WIDE_KEYS, true, "wide.siddhi").expect("app");
+        let columns = ["a", "b", "c", "d", "e", "n"];
+        let mut wrong_type = event("a");
+        wrong_type[5] = ValueRef::String("7");
+        assert_eq!(
+            check(&catalog, &columns, &[wrong_type]),
+            Err(Refusal::Reject(
+                RejectCode::SchemaMismatch,
+                "event #0: s.n: long expected, got a string value".into()
+            ))
+        );
+        // n is no key: null is taken (the event is bucketed by arrival time).
+        let mut null_time = event("a");
+        null_time[5] = ValueRef::Null;
+        assert_eq!(check(&catalog, &columns, &[null_time]), Ok(1));
     }
 }

@@ -98,8 +98,6 @@ pub(crate) struct IngestSettings {
     /// Rows of every granularity the pending events would write (bounded from above:
     /// [`Aggregator::drain_rows_bound`]) at which reading pauses; a commit is due at half.
     pub(crate) max_pending_rows: usize,
-    /// Longest string value accepted (what the database columns hold).
-    pub(crate) max_string_len: usize,
     /// Benchmark only (`serve --discard-events`): fold and ack at once, drain into nothing.
     pub(crate) discard: bool,
 }
@@ -379,12 +377,7 @@ impl Ingest {
     /// aggregators; a batch with one bad event is folded not at all. Returns the event count.
     fn take(&mut self, batch: &IncomingBatch) -> Result<usize, Refusal> {
         let mut values = recycle(std::mem::take(&mut self.values));
-        let result = decode_checked(
-            &self.catalog,
-            self.settings.max_string_len,
-            batch,
-            &mut values,
-        );
+        let result = decode_checked(&self.catalog, batch, &mut values);
         if let Ok(n) = result {
             fold(
                 &mut self.aggregators,

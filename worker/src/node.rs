@@ -24,9 +24,6 @@ use crate::metrics::Metrics;
 use crate::server::{ServerSettings, serve};
 use crate::store::{LeaseOutcome, Store, StoreError};
 
-/// Longest string the worker accepts in an event (what every backend's columns hold).
-pub const MAX_STRING_LEN: usize = crate::store::STRING_MAX_CHARS;
-
 /// Simultaneous HTTP connections (`/stores/query`, `/health`, `/metrics`); more wait in the
 /// kernel's backlog.
 const HTTP_MAX_CONNECTIONS: usize = 256;
@@ -215,7 +212,6 @@ async fn serve_with_lease(
             flush_interval: config.flush_interval,
             max_pending_events: config.max_pending_events,
             max_pending_rows: config.max_pending_rows,
-            max_string_len: MAX_STRING_LEN,
             discard: config.discard_events,
         },
         metrics.clone(),

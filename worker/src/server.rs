@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use shardtally_publisher::protocol::{
-    BatchFrame, ErrorCode, Frame, FrameCodec, PROTOCOL_VERSION, ProtocolError, RejectCode,
-    StreamSchema, Welcome,
+    BatchFrame, ErrorCode, Frame, FrameCodec, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    ProtocolError, RejectCode, StreamSchema, Welcome,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -324,10 +324,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             return Err("first frame was not HELLO".into());
         }
     };
-    if hello.version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.version) {
         Metrics::add(&shared.metrics.protocol_errors, 1);
         let msg = format!(
-            "protocol version {} is not supported; this worker speaks {PROTOCOL_VERSION}",
+            "protocol version {} is not supported; this worker speaks {MIN_PROTOCOL_VERSION} \
+             to {PROTOCOL_VERSION}",
             hello.version
         );
         send_error(framed, ErrorCode::UnsupportedVersion, &msg).await;
@@ -364,8 +365,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     framed
         .codec_mut()
         .set_max_frame_len(s.max_frame_len as usize);
+    // Answered in the publisher's version (a version-1 WELCOME carries no constraints).
     let welcome = Welcome {
-        version: PROTOCOL_VERSION,
+        version: hello.version,
         node_id: s.node_id.clone(),
         shard_id: s.shard_id.clone(),
         max_frame_len: s.max_frame_len,

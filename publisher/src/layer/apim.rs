@@ -22,7 +22,10 @@ pub const DEFAULT_CLIENT_IP_HEADER: &str = "x-forwarded-for";
 
 /// The schema of the `Request` stream of the bundled API-M app
 /// (`scenarios/apps/apim-requests.siddhi`): the attributes of WSO2 API-M's request stream
-/// `org.wso2.apimgt.statistics.request`, plus `country` and `city`.
+/// `org.wso2.apimgt.statistics.request`, plus `country` and `city` — with the constraints a
+/// worker running that app announces: strings of at most 254 characters; `apiName`,
+/// `apiVersion`, `country` and `city` never null (group-by keys), and `apiName`, `country` and
+/// `city` at most 209 characters (`ApiGeoAgg`'s three string keys share its index budget).
 pub fn apim_request_schema() -> StreamSchema {
     use AttrType::{Bool, Int, Long, String as Text};
     let attributes = [
@@ -64,7 +67,19 @@ pub fn apim_request_schema() -> StreamSchema {
         "Request",
         attributes
             .into_iter()
-            .map(|(name, ty)| Attribute::new(name, ty))
+            .map(|(name, ty)| {
+                let attr = Attribute::new(name, ty);
+                let attr = if ty == Text {
+                    attr.max_chars(254)
+                } else {
+                    attr
+                };
+                match name {
+                    "apiName" | "country" | "city" => attr.required().max_chars(209),
+                    "apiVersion" => attr.required(),
+                    _ => attr,
+                }
+            })
             .collect(),
     )
 }
@@ -96,8 +111,12 @@ pub fn apim_request_schema() -> StreamSchema {
 /// | `responseSize` | the response's `Content-Length` |
 /// | `protocol` | `HTTP/1.1`, `HTTP/2.0`, … |
 ///
-/// Times fill `long` and `int` attributes in whole milliseconds, `double` and `float` ones with
-/// the fraction. Any attribute can instead come from a request [`header`](
+/// A string attribute the schema says must not be null (a group-by key) gets the [missing
+/// text](ApiRequestMappingBuilder::missing_text) (default empty) when the mapping has no value
+/// for it — a request without geo headers is still counted, under `country = ''` — and text
+/// longer than an attribute's `max_chars` is cut to it (a long `User-Agent`), so that the
+/// publisher does not refuse the event. Times fill `long` and `int` attributes in whole
+/// milliseconds, `double` and `float` ones with the fraction. Any attribute can instead come from a request [`header`](
 /// ApiRequestMappingBuilder::header) (parsed to the attribute's type; null when it does not
 /// parse) or be a [`constant`](ApiRequestMappingBuilder::constant): the application, the user,
 /// the tenant — what a gateway learns from its authentication.
@@ -124,6 +143,8 @@ pub struct ApiRequestMapping {
     fields: Vec<Field>,
     apis: Vec<Api>,
     client_ip_header: HeaderName,
+    /// What a required string attribute gets when the mapping has no value for it.
+    missing_text: String,
     /// The publisher id and stream found to check events against `schema`.
     positional_for: OnceLock<(String, String)>,
 }
@@ -137,6 +158,7 @@ pub struct ApiRequestMappingBuilder {
     country_header: String,
     city_header: String,
     client_ip_header: String,
+    missing_text: String,
 }
 
 /// An [`ApiRequestMapping`] could not be built.
@@ -186,6 +208,28 @@ struct Field {
     name: Cow<'static, str>,
     ty: AttrType,
     source: Source,
+    /// A string that must not be null: the missing text instead.
+    required_text: bool,
+    /// The most characters a string may have (longer text is cut).
+    max_chars: Option<u32>,
+}
+
+impl Field {
+    /// `slot` as the attribute takes it: null in a required string becomes `missing`, text
+    /// longer than `max_chars` characters is cut (allocating only then).
+    fn fit<'r>(&self, slot: Slot<'r>, missing: &'r str) -> Slot<'r> {
+        match slot {
+            Slot::Null if self.required_text => Slot::Text(Cow::Borrowed(missing)),
+            Slot::Text(text) => match self.max_chars.map(|m| m as usize) {
+                Some(max) if text.len() > max => match text.char_indices().nth(max) {
+                    Some((cut, _)) => Slot::Text(Cow::Owned(text[..cut].to_owned())),
+                    None => Slot::Text(text),
+                },
+                _ => Slot::Text(text),
+            },
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -428,6 +472,7 @@ impl ApiRequestMapping {
             country_header: DEFAULT_COUNTRY_HEADER.to_owned(),
             city_header: DEFAULT_CITY_HEADER.to_owned(),
             client_ip_header: DEFAULT_CLIENT_IP_HEADER.to_owned(),
+            missing_text: String::new(),
         }
     }
 
@@ -465,7 +510,7 @@ impl ApiRequestMapping {
                 }),
                 Source::Builtin(b) => self.builtin(*b, api, request, response).into_slot(field.ty),
             };
-            (field, slot)
+            (field, field.fit(slot, &self.missing_text))
         })
     }
 
@@ -489,7 +534,10 @@ impl ApiRequestMapping {
         {
             return true;
         }
-        if publisher.schema(stream).is_some_and(|s| s == self.schema) {
+        if publisher
+            .schema(stream)
+            .is_some_and(|s| s.same_shape(&self.schema))
+        {
             let _ = self
                 .positional_for
                 .set((publisher.publisher_id().to_owned(), stream.to_owned()));
@@ -661,6 +709,16 @@ impl ApiRequestMappingBuilder {
         self
     }
 
+    /// What a string attribute that must not be null (a group-by key, such as `country` in
+    /// `ApiGeoAgg`) gets when the mapping has no value for it: no geo header, no API for the
+    /// path, no [`constant`](ApiRequestMappingBuilder::constant) for it (default: empty text).
+    /// E.g. `missing_text("unknown")`.
+    #[must_use]
+    pub fn missing_text(mut self, text: impl Into<String>) -> ApiRequestMappingBuilder {
+        self.missing_text = text.into();
+        self
+    }
+
     /// The request headers `country` and `city` come from (default `X-Client-Country` and
     /// `X-Client-City`; e.g. `CloudFront-Viewer-Country`, `CF-IPCountry`).
     #[must_use]
@@ -765,11 +823,19 @@ impl ApiRequestMappingBuilder {
             .filter_map(|(position, (attr, source))| {
                 let name = static_name(&attr.name)
                     .map_or_else(|| Cow::Owned(attr.name.clone()), Cow::Borrowed);
+                let required_text = attr.required && attr.ty == AttrType::String;
+                // A required string the mapping does not fill is the missing text.
+                let source = source.or_else(|| {
+                    required_text
+                        .then(|| Source::Constant(Value::String(self.missing_text.clone())))
+                })?;
                 Some(Field {
                     position,
                     name,
                     ty: attr.ty,
-                    source: source?,
+                    source,
+                    required_text,
+                    max_chars: attr.max_chars,
                 })
             })
             .collect();
@@ -784,6 +850,7 @@ impl ApiRequestMappingBuilder {
             fields,
             apis,
             client_ip_header: header_name(&self.client_ip_header)?,
+            missing_text: self.missing_text,
             positional_for: OnceLock::new(),
         })
     }

@@ -10,7 +10,9 @@
 //!
 //! 0x01 HELLO    "STLY" | u16 version | str publisher_id | str auth_token | str client_name
 //! 0x02 WELCOME  u16 version | str node_id | str shard_id | u32 max_frame_len | u32 max_batch_events
-//!               | u16 n_streams | n × (str name | u16 n_attrs | n × (str attr_name | u8 type))
+//!               | u16 n_streams | n × (str name | u16 n_attrs | n × attr)
+//!               attr := str attr_name | u8 type | u8 flags | u32 max_chars   (version 2)
+//!               attr := str attr_name | u8 type                               (version 1)
 //! 0x03 BATCH    u64 batch_seq | str stream | u16 n_columns | n × str column | u32 n_events | events
 //!               event := n_columns × (u8 tag | payload)
 //! 0x04 ACK      u64 batch_seq
@@ -34,8 +36,13 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::schema::{Attribute, StreamSchema};
 use super::value::{AttrType, ValueRef};
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this crate speaks (and a publisher asks for).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest version this crate still speaks: a worker answers a version-1 HELLO with a
+/// version-1 WELCOME (without the attributes' constraints).
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// WELCOME attribute flag (version 2): null is refused (a group-by key).
+const ATTR_REQUIRED: u8 = 0x01;
 
 /// The default maximum frame length (the `len` field), 16 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
@@ -89,7 +96,10 @@ pub enum ProtocolError {
     #[error("bad magic {0:02x?} in HELLO (not a shardtally publisher?)")]
     BadMagic([u8; 4]),
     /// The peer speaks a protocol version this side does not.
-    #[error("unsupported protocol version {got} (this side speaks {PROTOCOL_VERSION})")]
+    #[error(
+        "unsupported protocol version {got} (this side speaks {MIN_PROTOCOL_VERSION} to \
+         {PROTOCOL_VERSION})"
+    )]
     UnsupportedVersion {
         /// The version the peer announced.
         got: u16,
@@ -112,6 +122,9 @@ pub enum ProtocolError {
     /// A schema type byte is not one of 1..=6.
     #[error("bad attribute type byte {0}")]
     BadTypeByte(u8),
+    /// A WELCOME attribute's flags byte has bits this version does not define.
+    #[error("bad attribute flags 0x{0:02x}")]
+    BadAttributeFlags(u8),
     /// A bool value is neither 0 nor 1.
     #[error("bad bool byte {0}")]
     BadBool(u8),
@@ -163,6 +176,7 @@ impl ProtocolError {
             | ProtocolError::InvalidUtf8 { .. }
             | ProtocolError::BadValueTag(_)
             | ProtocolError::BadTypeByte(_)
+            | ProtocolError::BadAttributeFlags(_)
             | ProtocolError::BadBool(_)
             | ProtocolError::TrailingBytes { .. } => ErrorCode::Malformed,
             ProtocolError::FieldTooLong { .. }
@@ -510,6 +524,10 @@ impl Frame {
                     for a in &s.attributes {
                         put_str(dst, &a.name, "attribute name")?;
                         dst.put_u8(type_byte(a.ty));
+                        if w.version >= 2 {
+                            dst.put_u8(if a.required { ATTR_REQUIRED } else { 0 });
+                            dst.put_u32(a.max_chars.unwrap_or(0));
+                        }
                     }
                 }
             }
@@ -576,7 +594,16 @@ impl Frame {
                     for _ in 0..n_attrs {
                         let attr_name = cur.string("attribute name")?;
                         let ty = cur.u8("attribute type")?;
-                        attributes.push(Attribute::new(attr_name, type_from_byte(ty)?));
+                        let mut attr = Attribute::new(attr_name, type_from_byte(ty)?);
+                        if version >= 2 {
+                            let flags = cur.u8("attribute flags")?;
+                            if flags & !ATTR_REQUIRED != 0 {
+                                return Err(ProtocolError::BadAttributeFlags(flags));
+                            }
+                            attr.required = flags & ATTR_REQUIRED != 0;
+                            attr.max_chars = Some(cur.u32("max_chars")?).filter(|&n| n > 0);
+                        }
+                        attributes.push(attr);
                     }
                     streams.push(StreamSchema::new(name, attributes));
                 }
@@ -740,7 +767,7 @@ impl<'a> Cursor<'a> {
 
     fn version(&mut self) -> Result<u16, ProtocolError> {
         let version = self.u16("version")?;
-        if version != PROTOCOL_VERSION {
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
             return Err(ProtocolError::UnsupportedVersion { got: version });
         }
         Ok(version)
@@ -808,7 +835,7 @@ mod tests {
         want.extend_from_slice(&(1u32 + 4 + 2 + 8 + 10 + 8).to_be_bytes());
         want.push(0x01);
         want.extend_from_slice(b"STLY");
-        want.extend_from_slice(&1u16.to_be_bytes());
+        want.extend_from_slice(&2u16.to_be_bytes());
         for s in ["gw-1", "secret", "test"] {
             want.extend_from_slice(&u32::try_from(s.len()).unwrap().to_be_bytes());
             want.extend_from_slice(s.as_bytes());
@@ -852,11 +879,93 @@ mod tests {
     #[test]
     fn other_version_is_unsupported() {
         let (k, b) = body(&hello());
+        for (version, speaks) in [(0u16, false), (1, true), (2, true), (3, false)] {
+            let mut b = b.to_vec();
+            b[4..6].copy_from_slice(&version.to_be_bytes());
+            match Frame::decode(k, Bytes::from(b)) {
+                Ok(Frame::Hello(h)) if speaks => assert_eq!(h.version, version),
+                Err(err) if !speaks => {
+                    assert!(
+                        matches!(err, ProtocolError::UnsupportedVersion { got } if got == version)
+                    );
+                    assert_eq!(err.error_code(), ErrorCode::UnsupportedVersion);
+                    assert_eq!(
+                        err.to_string(),
+                        format!("unsupported protocol version {version} (this side speaks 1 to 2)")
+                    );
+                }
+                other => panic!("version {version}: {other:?}"),
+            }
+        }
+    }
+
+    fn welcome(version: u16) -> Welcome {
+        Welcome {
+            version,
+            node_id: "n".into(),
+            shard_id: "s".into(),
+            max_frame_len: 1,
+            max_batch_events: 1,
+            streams: vec![StreamSchema::new(
+                "st",
+                vec![
+                    Attribute::new("city", AttrType::String)
+                        .required()
+                        .max_chars(0x0102),
+                    Attribute::new("n", AttrType::Long),
+                ],
+            )],
+        }
+    }
+
+    #[test]
+    fn welcome_layout_is_as_documented_in_both_versions() {
+        let head = |version: u16| {
+            let mut want = vec![0x02];
+            want.extend_from_slice(&version.to_be_bytes());
+            want.extend_from_slice(&[0, 0, 0, 1, b'n', 0, 0, 0, 1, b's', 0, 0, 0, 1, 0, 0, 0, 1]);
+            want.extend_from_slice(&[0, 1, 0, 0, 0, 2, b's', b't', 0, 2]);
+            want
+        };
+        // Version 2: type, flags (required), max_chars (0: none).
+        let mut want = head(2);
+        want.extend_from_slice(&[
+            0, 0, 0, 4, b'c', b'i', b't', b'y', 1, 0x01, 0, 0, 0x01, 0x02,
+        ]);
+        want.extend_from_slice(&[0, 0, 0, 1, b'n', 3, 0x00, 0, 0, 0, 0]);
+        let bytes = Frame::Welcome(welcome(2))
+            .to_bytes(DEFAULT_MAX_FRAME_LEN)
+            .unwrap();
+        assert_eq!(&bytes[LEN_PREFIX..], &want[..]);
+        let (k, b) = body(&Frame::Welcome(welcome(2)));
+        assert_eq!(Frame::decode(k, b).unwrap(), Frame::Welcome(welcome(2)));
+
+        // Version 1 (answering an older publisher): type bytes only; the constraints are lost.
+        let mut want = head(1);
+        want.extend_from_slice(&[0, 0, 0, 4, b'c', b'i', b't', b'y', 1]);
+        want.extend_from_slice(&[0, 0, 0, 1, b'n', 3]);
+        let bytes = Frame::Welcome(welcome(1))
+            .to_bytes(DEFAULT_MAX_FRAME_LEN)
+            .unwrap();
+        assert_eq!(&bytes[LEN_PREFIX..], &want[..]);
+        let mut plain = welcome(1);
+        plain.streams[0].attributes[0] = Attribute::new("city", AttrType::String);
+        let (k, b) = body(&Frame::Welcome(welcome(1)));
+        assert_eq!(Frame::decode(k, b).unwrap(), Frame::Welcome(plain));
+    }
+
+    #[test]
+    fn unknown_attribute_flags_in_welcome_are_rejected() {
+        let (k, b) = body(&Frame::Welcome(welcome(2)));
         let mut b = b.to_vec();
-        b[4..6].copy_from_slice(&2u16.to_be_bytes());
-        let err = Frame::decode(k, Bytes::from(b)).unwrap_err();
-        assert!(matches!(err, ProtocolError::UnsupportedVersion { got: 2 }));
-        assert_eq!(err.error_code(), ErrorCode::UnsupportedVersion);
+        // The last attribute's flags byte: before its u32 max_chars.
+        let flags = b.len() - 5;
+        assert_eq!(b[flags], 0);
+        b[flags] = 0x02;
+        assert!(matches!(
+            Frame::decode(k, Bytes::from(b)),
+            Err(ProtocolError::BadAttributeFlags(0x02))
+        ));
     }
 
     #[test]
@@ -904,9 +1013,10 @@ mod tests {
         });
         let (k, b) = body(&w);
         let mut b = b.to_vec();
-        let last = b.len() - 1;
-        assert_eq!(b[last], 3);
-        b[last] = 7;
+        // The type byte, before the flags byte and u32 max_chars.
+        let ty = b.len() - 6;
+        assert_eq!(b[ty], 3);
+        b[ty] = 7;
         assert!(matches!(
             Frame::decode(k, Bytes::from(b)),
             Err(ProtocolError::BadTypeByte(7))

@@ -45,7 +45,6 @@ mod values;
 pub use db::{BatchId, CommitOutcome, Store, StoreOptions, WriteCounts};
 pub use dialect::Backend;
 pub use error::{StoreError, ValueError};
-pub(crate) use schema::check_typed;
 pub use schema::{
     ColumnRef, ID_MAX_CHARS, MAX_IDENTIFIER_BYTES, MYSQL_MAX_KEY_BYTES,
     POSTGRES_MAX_INDEX_ROW_BYTES, SHARD_ID_MAX_CHARS, STRING_MAX_CHARS, check_value,
