@@ -42,16 +42,27 @@ const APIS: [(&str, &str, &str); 3] = [
     ("/books/1.0.0", "BookStoreAPI", "1.0.0"),
 ];
 
-const PLACES: [(&str, &str); 4] = [
+/// Where requests come from; the last sends no geo headers (counted under `country = ''`).
+const PLACES: [(&str, &str); 5] = [
     ("Italy", "Naples"),
     ("France", "Paris"),
     ("Italy", "Rome"),
     ("Japan", "東京"),
+    ("", ""),
 ];
 
 /// Request `i`: its API, the upstream's delay (ms), the response body's size, and the place.
 fn plan(i: usize) -> (usize, u64, usize, (&'static str, &'static str)) {
-    (i % 3, (i as u64 * 7) % 13, (i * 37) % 700, PLACES[i % 4])
+    (i % 3, (i as u64 * 7) % 13, (i * 37) % 700, PLACES[i % 5])
+}
+
+/// Request `i`'s `User-Agent`: every seventh is 300 characters, longer than the store holds.
+fn user_agent(i: usize) -> String {
+    if i % 7 == 0 {
+        format!("gateway-test/{i} {}", "é".repeat(300))
+    } else {
+        "gateway-test".to_owned()
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -126,12 +137,13 @@ async fn send(client: &HttpClient, gateway: SocketAddr, i: usize) {
     )
     .parse()
     .expect("a URI");
-    let request = axum::http::Request::get(uri)
-        .header("x-client-country", country)
-        .header("x-client-city", city)
-        .header("user-agent", "gateway-test")
-        .body(Body::empty())
-        .expect("a request");
+    let mut request = axum::http::Request::get(uri).header("user-agent", user_agent(i));
+    if !country.is_empty() {
+        request = request
+            .header("x-client-country", country)
+            .header("x-client-city", city);
+    }
+    let request = request.body(Body::empty()).expect("a request");
     let response = client.request(request).await.expect("the gateway answers");
     assert_eq!(response.status(), StatusCode::OK, "request {i}");
     let body = axum::body::to_bytes(Body::new(response.into_body()), 1 << 20)
@@ -164,6 +176,7 @@ fn client() -> HttpClient {
 #[derive(Debug, Clone)]
 struct Published {
     api: String,
+    user_agent: String,
     minute: i64,
     delay: i64,
     response_time: i64,
@@ -208,9 +221,13 @@ impl MapEvent for Recording {
         let Some(Value::String(api)) = event.get("apiName") else {
             panic!("no apiName in {event:?}");
         };
+        let Some(Value::String(user_agent)) = event.get("userAgent") else {
+            panic!("no userAgent in {event:?}");
+        };
         let ts = long(&event, "requestTimestamp");
         self.log.lock().expect("the log").push(Published {
             api: api.clone(),
+            user_agent: user_agent.clone(),
             minute: ts - ts.rem_euclid(60_000),
             delay,
             response_time: long(&event, "responseTime"),
@@ -228,7 +245,8 @@ fn int(v: &serde_json::Value) -> i64 {
 
 /// 600 requests over loopback through the example gateway into two real workers: per API and
 /// minute, the merged rows hold exactly the count, the latency sums, minima and maxima, and the
-/// average of what the layer published; per country and city exactly the requests sent.
+/// average of what the layer published; per country and city exactly the requests sent (those
+/// without geo headers under `country = city = ''`); 300-character user agents are cut to 254.
 #[test]
 fn the_gateway_publishes_every_request_exactly_into_two_workers() {
     let dir = TempDir::new("gateway");
@@ -286,6 +304,23 @@ fn gateway_into_two_workers(dir: &TempDir, database_url: &str) {
 
     let log = log.lock().expect("the log").clone();
     assert_eq!(log.len(), REQUESTS);
+    // Long user agents are cut to the 254 characters the store holds (not refused).
+    let mut cut = 0;
+    for p in &log {
+        let i: usize = p
+            .user_agent
+            .strip_prefix("gateway-test/")
+            .and_then(|rest| rest.split(' ').next())
+            .map_or(1, |n| n.parse().expect("a request number"));
+        let sent = user_agent(i);
+        if sent.chars().count() > 254 {
+            cut += 1;
+            assert_eq!(p.user_agent, sent.chars().take(254).collect::<String>());
+        } else {
+            assert_eq!(p.user_agent, sent);
+        }
+    }
+    assert_eq!(cut, REQUESTS.div_ceil(7));
     let mut expected: BTreeMap<(i64, String), [i64; 8]> = BTreeMap::new();
     for p in &log {
         // The upstream slept `delay` ms: its latency, and the total, are at least that.
@@ -362,7 +397,12 @@ fn gateway_into_two_workers(dir: &TempDir, database_url: &str) {
             .or_default() += 1;
     }
     assert_eq!(geo, sent);
-    assert_eq!(sent.len(), 12, "3 APIs × 4 places");
+    assert_eq!(sent.len(), 15, "3 APIs × 5 places, one of them none");
+    assert_eq!(
+        sent.get(&("WeatherAPI".into(), String::new(), String::new())),
+        Some(&40),
+        "requests without geo headers are counted under country = city = ''"
+    );
 
     rt.block_on(async {
         publisher

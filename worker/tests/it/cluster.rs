@@ -330,11 +330,21 @@ impl RawClient {
         publisher_id: &str,
         token: &str,
     ) -> Result<RawClient, Frame> {
+        RawClient::connect_version(addr, publisher_id, token, PROTOCOL_VERSION).await
+    }
+
+    /// Connects and handshakes in protocol `version`.
+    pub async fn connect_version(
+        addr: SocketAddr,
+        publisher_id: &str,
+        token: &str,
+        version: u16,
+    ) -> Result<RawClient, Frame> {
         let socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let mut framed = Framed::new(socket, FrameCodec::default());
         framed
             .send(Frame::Hello(Hello {
-                version: PROTOCOL_VERSION,
+                version,
                 publisher_id: publisher_id.to_owned(),
                 auth_token: token.to_owned(),
                 client_name: "it".to_owned(),

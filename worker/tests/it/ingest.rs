@@ -114,6 +114,165 @@ async fn invalid_batches_are_rejected_and_never_counted() {
     db.cleanup().await;
 }
 
+/// Protocol version 2's WELCOME says what the store holds of each attribute; a version-1
+/// publisher still gets a version-1 WELCOME (types only) and its batches count; version 3 is
+/// refused, naming the versions the worker speaks.
+#[tokio::test(flavor = "multi_thread")]
+async fn welcome_carries_the_constraints_and_a_version_1_publisher_is_still_served() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = WorkerProc::start(&serve_args(&db.url, "node-v"));
+
+    let c2 = RawClient::connect_version(w.listen, "gw-v2", "", 2)
+        .await
+        .expect("hello v2");
+    assert_eq!(c2.welcome.version, 2);
+    let geo = &c2.welcome.streams[0];
+    let constraints: Vec<_> = geo
+        .attributes
+        .iter()
+        .map(|a| (a.name.as_str(), a.required, a.max_chars))
+        .collect();
+    assert_eq!(
+        constraints,
+        [
+            ("apiName", false, Some(254)),
+            ("country", true, Some(254)),
+            ("city", true, Some(254)),
+            ("requestTimestamp", false, None),
+        ],
+        "GeoLocationAgg groups by country and city"
+    );
+
+    let mut c1 = RawClient::connect_version(w.listen, "gw-v1", "", 1)
+        .await
+        .expect("hello v1");
+    assert_eq!(c1.welcome.version, 1);
+    let geo = &c1.welcome.streams[0];
+    assert!(
+        geo.attributes
+            .iter()
+            .all(|a| !a.required && a.max_chars.is_none()),
+        "{geo:?}"
+    );
+    c1.send_batch(1, "geoTempStream", &GEO_COLUMNS, &naples_rows(25))
+        .await;
+    assert_eq!(c1.recv().await, Frame::Ack { seq: 1 });
+    assert_eq!(query_records(&db.url, HOUR_QUERY), naples(25));
+
+    match RawClient::connect_version(w.listen, "gw-v3", "", 3).await {
+        Err(Frame::Error {
+            code: ErrorCode::UnsupportedVersion,
+            message,
+        }) => assert_eq!(
+            message,
+            "unsupported protocol version 3 (this side speaks 1 to 2)"
+        ),
+        other => panic!("version 3 must be refused: {:?}", other.map(|c| c.welcome)),
+    }
+    drop(w);
+    db.cleanup().await;
+}
+
+/// A publisher that learned the schema from the worker refuses an unstorable event alone, at
+/// `publish` (nothing of it reaches the wire), where it used to cost its whole batch: every
+/// valid event around it counts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publisher_refuses_unstorable_events_alone_and_every_other_event_counts() {
+    use shardtally_publisher::{Event, PublishError, Publisher, ValueRef};
+
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let w = WorkerProc::start(&serve_args(&db.url, "node-u"));
+    let publisher = Publisher::builder(&format!("{{{}}}", w.endpoint()))
+        .publisher_id("gw-unstorable")
+        .build()
+        .expect("publisher");
+    let start = std::time::Instant::now();
+    while publisher.schema("geoTempStream").is_none() {
+        assert!(start.elapsed().as_secs() < 10, "no schema announced");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let long_city = "à".repeat(255);
+    let refused: [(Vec<ValueRef<'_>>, &str); 3] = [
+        (
+            vec![
+                ValueRef::String("x"),
+                ValueRef::Null,
+                ValueRef::String("Naples"),
+                ValueRef::Long(0),
+            ],
+            "attribute geoTempStream.country: null, but it is a group-by key, which must not be \
+             null",
+        ),
+        (
+            vec![
+                ValueRef::String("x"),
+                ValueRef::String("Italy"),
+                ValueRef::String(&long_city),
+                ValueRef::Long(0),
+            ],
+            "attribute geoTempStream.city: a string of 255 characters; the store holds at most 254",
+        ),
+        (
+            vec![
+                ValueRef::String("a\0b"),
+                ValueRef::String("Italy"),
+                ValueRef::String("Naples"),
+                ValueRef::Long(0),
+            ],
+            "attribute geoTempStream.apiName: strings must not contain NUL characters",
+        ),
+    ];
+    let rows = naples_rows(30);
+    for (i, row) in rows.iter().enumerate() {
+        let values: Vec<_> = row.iter().map(Value::as_ref).collect();
+        publisher
+            .publish_values("geoTempStream", &values)
+            .await
+            .expect("a valid event");
+        if let Some((bad, reason)) = refused.get(i) {
+            let err = publisher
+                .publish_values("geoTempStream", bad)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, PublishError::InvalidValue { .. }), "{err:?}");
+            assert_eq!(err.to_string(), *reason);
+        }
+    }
+    // The named-field path too: a left-out group-by key is null.
+    let err = publisher
+        .publish(
+            "geoTempStream",
+            &Event::new()
+                .with("country", "Italy")
+                .with("requestTimestamp", 0i64),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "attribute geoTempStream.city: null, but it is a group-by key, which must not be null"
+    );
+    publisher.flush().await.expect("flush");
+    let stats = publisher.stats();
+    assert_eq!(
+        (
+            stats.published,
+            stats.acked,
+            stats.invalid,
+            stats.failed_total()
+        ),
+        (30, 30, 4, 0),
+        "{stats:?}"
+    );
+    assert_eq!(query_records(&db.url, HOUR_QUERY), naples(30));
+    publisher
+        .close(std::time::Duration::from_secs(5))
+        .await
+        .expect("close");
+    drop(w);
+    db.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_event_bytes_close_the_connection_and_count_nothing() {
     let db = TestDb::fresh(Backend::Sqlite).await;
