@@ -155,9 +155,10 @@ fn bad_lines_are_reported_with_their_line_number() {
     let worker = Worker::start(dir.path(), "pub-2", &app);
     let endpoints = worker.endpoint();
     let bad = format!(
-        "{GOOD}{}\n{}\n",
+        "{GOOD}{}\n{}\n{}\n",
         r#"{"country": "Italy", "requestTimestamp": "last tuesday"}"#,
-        r#"{"country": "Italy", "town": "Naples"}"#
+        r#"{"country": "Italy", "town": "Naples"}"#,
+        r#"{"country": "Italy", "requestTimestamp": "2026-11-20T10:00:00Z"}"#
     );
 
     // A file: every line is checked first; nothing is sent.
@@ -185,6 +186,15 @@ fn bad_lines_are_reported_with_their_line_number() {
         out.stderr.contains(
             "error: line 7: stream geoTempStream has no attribute `town` (attributes: apiName, \
              country, city, requestTimestamp)"
+        ),
+        "{}",
+        out.text()
+    );
+    // No city: GeoLocationAgg groups by it, and no store holds a null key.
+    assert!(
+        out.stderr.contains(
+            "error: line 8: attribute `city`: null, but it is a group-by key, which must not be \
+             null"
         ),
         "{}",
         out.text()
@@ -217,7 +227,8 @@ fn bad_lines_are_reported_with_their_line_number() {
     assert_good_stored(&worker, &app, 1);
 
     // Not JSON at all.
-    let file = dir.write("garbage.jsonl", "{\"country\": \"Italy\"}\nnot json\n");
+    let first = GOOD.lines().next().expect("a line");
+    let file = dir.write("garbage.jsonl", &format!("{first}\nnot json\n"));
     let out = run(
         &[
             "publish",
