@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::cluster::{
-    GEO_COLUMNS, RawClient, WorkerProc, naples_rows, query_records_with, run_cli, serve_args,
+    GEO_COLUMNS, RawClient, WorkerProc, http, naples_rows, query_records_with, run_cli, serve_args,
     set_arg,
 };
 use crate::common::on_every_backend;
@@ -92,6 +92,32 @@ async fn a_crashed_node_restarting_waits_for_its_lease_then_takes_over() {
             "the restarted node should say it waits for the old lease:\n{}",
             w2.log_text()
         );
+        db
+    })
+    .await;
+}
+
+/// A second instance of a node that is alive (the lease renewed while it waited for it to
+/// expire) refuses to start; the first serves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_live_instance_of_the_same_node_is_refused_after_one_lease() {
+    on_every_backend(|db| async move {
+        let args = serve_args(&db.url, "node-a");
+        let first = WorkerProc::start(&args);
+        let refused = WorkerProc::try_start(&args, Duration::from_secs(30))
+            .err()
+            .expect("must refuse");
+        assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
+        assert!(
+            refused.stderr.contains(
+                "node `node-a` is already running: another live instance of it renewed the lease \
+                 on shard `node-a`"
+            ),
+            "{}",
+            refused.stderr
+        );
+        let (status, body) = http(first.http, "GET", "/health", "");
+        assert_eq!(status, 200, "the first instance serves on: {body}");
         db
     })
     .await;
