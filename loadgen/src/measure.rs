@@ -1,9 +1,9 @@
 //! Measurements of a run: publish→ack latency, throughput over time, events per node.
 //!
-//! - [`LatencyRecorder`]: two HdrHistograms (µs, 3 significant figures, up to an hour) — the raw
-//!   one, and one corrected for coordinated omission in rate-limited phases
-//!   ([`LatencyRecorder::record_corrected`]). Both export the standard `.hgrm` percentile
-//!   distribution ([`percentile_distribution`]).
+//! - [`LatencyRecorder`]: two HdrHistograms (µs, 3 significant figures, up to an hour) — one
+//!   free of coordinated omission (latency from each event's due time in rate-limited phases),
+//!   and the raw one (from the publish call; [`LatencyRecorder::record_scheduled`]). Both export
+//!   the standard `.hgrm` percentile distribution ([`percentile_distribution`]).
 //! - [`Throughput`]: acked events per fixed bucket (100 ms by default) since the start.
 //! - [`NodeCounters`]: acked events per node id.
 //!
@@ -22,15 +22,15 @@ pub const MAX_LATENCY: Duration = Duration::from_secs(3_600);
 /// Significant figures kept by the histograms.
 pub const SIGNIFICANT_FIGURES: u8 = 3;
 
-/// Publish→ack latencies: raw, and corrected for coordinated omission.
+/// Publish→ack latencies: corrected for coordinated omission, and raw.
 ///
 /// In a rate-limited (open-model) phase a stalled system delays the sends that should have
-/// happened meanwhile, and measuring only the sends that did happen hides the stall.
-/// [`LatencyRecorder::record_corrected`] adds the missing samples (HdrHistogram's
-/// `record_correct`: for a latency `L` and expected interval `I`, also `L - I`, `L - 2I`, … down
-/// to `I`). The corrected histogram is the one to report (`latency.hgrm`); the raw one is kept
-/// alongside (`latency-raw.hgrm`). A run that measures latency from each event's *scheduled*
-/// send time is already corrected and should use [`LatencyRecorder::record`].
+/// happened meanwhile, and measuring from the sends that did happen hides the stall. The run
+/// measures each event from its *due* time instead (the corrected histogram, `latency.hgrm`, the
+/// one to report) and keeps the latency from the actual publish call alongside (the raw one,
+/// `latency-raw.hgrm`): the gap between the two is the time events spent waiting to be
+/// published ([`LatencyRecorder::record_scheduled`]). In a max-rate phase there is no schedule:
+/// both hold the latency from the publish call ([`LatencyRecorder::record`]).
 #[derive(Debug, Clone)]
 pub struct LatencyRecorder {
     corrected: Histogram<u64>,
@@ -76,22 +76,20 @@ impl LatencyRecorder {
         }
     }
 
-    /// Records one latency (a max-rate phase, or one measured from the scheduled send time).
+    /// Records one latency of a max-rate phase (from the publish call) in both histograms.
     pub fn record(&mut self, latency: Duration) {
         let us = self.clamp(latency);
         self.raw.saturating_record(us);
         self.corrected.saturating_record(us);
     }
 
-    /// Records one latency of a rate-limited phase whose events are `expected_interval` apart:
-    /// raw as is, corrected with the samples coordinated omission hid.
-    pub fn record_corrected(&mut self, latency: Duration, expected_interval: Duration) {
-        let us = self.clamp(latency);
-        self.raw.saturating_record(us);
-        let interval = micros(expected_interval);
-        if interval == 0 || self.corrected.record_correct(us, interval).is_err() {
-            self.corrected.saturating_record(us);
-        }
+    /// Records one event of a rate-limited phase: `from_due`, its latency from the time it was
+    /// due (corrected), and `from_publish`, from the publish call (raw).
+    pub fn record_scheduled(&mut self, from_due: Duration, from_publish: Duration) {
+        let due = self.clamp(from_due);
+        self.corrected.saturating_record(due);
+        let published = self.clamp(from_publish);
+        self.raw.saturating_record(published);
     }
 
     /// Adds another recorder's samples (e.g. one per publisher task).
@@ -522,21 +520,15 @@ mod tests {
     }
 
     #[test]
-    fn corrected_fills_in_the_omitted_samples() {
+    fn scheduled_events_are_corrected_from_their_due_time_and_raw_from_the_publish_call() {
         let mut r = LatencyRecorder::new();
-        // One 1 s stall in a 10 ms-interval phase hides 99 sends that would have waited
-        // 990 ms, 980 ms, … 10 ms.
-        r.record_corrected(Duration::from_millis(1_000), Duration::from_millis(10));
-        assert_eq!(r.raw().len(), 1);
-        assert_eq!(r.corrected().len(), 100);
-        assert_eq!(r.count(), 1);
-        assert_eq!(r.corrected().min(), 10_000);
-        // Below the interval nothing is added.
-        r.record_corrected(Duration::from_millis(5), Duration::from_millis(10));
-        assert_eq!((r.raw().len(), r.corrected().len()), (2, 101));
-        // A zero interval records as is.
-        r.record_corrected(Duration::from_millis(5), Duration::ZERO);
-        assert_eq!((r.raw().len(), r.corrected().len()), (3, 102));
+        // An event published 900 ms late (a stall), acked 100 ms after it was published.
+        r.record_scheduled(Duration::from_millis(1_000), Duration::from_millis(100));
+        r.record_scheduled(Duration::from_millis(20), Duration::from_millis(20));
+        assert_eq!((r.raw().len(), r.corrected().len(), r.count()), (2, 2, 2));
+        assert_eq!(r.summary().max_ms, 1_000.447);
+        assert_eq!(r.raw_summary().max_ms, 100.031);
+        assert_eq!(r.raw_summary().p50_ms, 20.015);
     }
 
     #[test]
@@ -555,10 +547,11 @@ mod tests {
         let mut b = LatencyRecorder::new();
         a.record(Duration::from_millis(1));
         b.record(Duration::from_millis(3));
-        b.record_corrected(Duration::from_millis(30), Duration::from_millis(10));
+        b.record_scheduled(Duration::from_millis(30), Duration::from_millis(10));
         a.merge(&b);
-        assert_eq!((a.raw().len(), a.corrected().len()), (3, 5));
+        assert_eq!((a.raw().len(), a.corrected().len()), (3, 3));
         assert_eq!(a.summary().max_ms, 30.015);
+        assert_eq!(a.raw_summary().max_ms, 10.007);
     }
 
     #[test]

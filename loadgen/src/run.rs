@@ -855,8 +855,25 @@ impl Collected {
                 self.nodes.add(node_id, n);
                 self.throughput
                     .record(at.saturating_duration_since(run_start), n);
-                for t in from.unwrap_or(&r.published_at) {
-                    self.recorder.record(at.saturating_duration_since(*t));
+                match from {
+                    Some(due) if due.len() == r.published_at.len() => {
+                        for (d, p) in due.iter().zip(&r.published_at) {
+                            self.recorder.record_scheduled(
+                                at.saturating_duration_since(*d),
+                                at.saturating_duration_since(*p),
+                            );
+                        }
+                    }
+                    Some(due) => {
+                        for d in due {
+                            self.recorder.record(at.saturating_duration_since(*d));
+                        }
+                    }
+                    None => {
+                        for p in &r.published_at {
+                            self.recorder.record(at.saturating_duration_since(*p));
+                        }
+                    }
                 }
                 self.last_ack = self.last_ack.max(Some(*at));
                 progress.inc(n);

@@ -347,7 +347,7 @@ pub fn render_html(summary: &Summary) -> String {
     h.push_str("</tbody></table>");
     let _ = write!(
         h,
-        r#"<p class="note">Publish→ack latency. "corrected" adds the samples coordinated omission hides in rate-limited phases (latency.hgrm); "raw" is as measured (latency-raw.hgrm).{}</p></section>"#,
+        r#"<p class="note">Publish→ack latency. "corrected" runs from each event's due time in rate-limited phases, so stalls that delay publishing are not hidden (latency.hgrm); "raw" runs from the publish call (latency-raw.hgrm). At max rate the two are the same.{}</p></section>"#,
         if lat.clamped > 0 {
             format!(
                 " {} latencies above one hour were counted at one hour.",

@@ -130,9 +130,10 @@ impl From<&Throughput> for ThroughputSummary {
 /// Latency percentiles and curves, corrected and raw.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct LatencySection {
-    /// Coordinated-omission corrected (what `latency.hgrm` holds).
+    /// Free of coordinated omission: from each event's due time in rate-limited phases, from the
+    /// publish call at max rate (what `latency.hgrm` holds).
     pub corrected: LatencySummary,
-    /// As measured (what `latency-raw.hgrm` holds).
+    /// From the publish call (what `latency-raw.hgrm` holds).
     pub raw: LatencySummary,
     /// The corrected percentile curve.
     pub corrected_curve: Vec<CurvePoint>,
