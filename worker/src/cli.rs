@@ -263,8 +263,8 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn open(common: &Common) -> Result<(WorkerConfig, Catalog, Store), u8> {
-    let config = resolve(overrides(common))?;
+async fn open(o: Overrides) -> Result<(WorkerConfig, Catalog, Store), u8> {
+    let config = resolve(o)?;
     let catalog = Catalog::load(&config.app, config.partition_by_id).map_err(|e| {
         eprintln!("error: {e}");
         2
@@ -280,7 +280,11 @@ async fn open(common: &Common) -> Result<(WorkerConfig, Catalog, Store), u8> {
 }
 
 async fn query(a: QueryArgs) -> u8 {
-    let (config, catalog, store) = match open(&a.common).await {
+    let o = Overrides {
+        query_only: true,
+        ..overrides(&a.common)
+    };
+    let (config, catalog, store) = match open(o).await {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -301,7 +305,12 @@ async fn migrate(a: MigrateArgs) -> u8 {
         eprintln!("error: nothing to do; `migrate --add-shard-id` is the only migration");
         return 2;
     }
-    let (config, catalog, store) = match open(&a.common).await {
+    // Nothing listens: a config file's public addresses need no token here.
+    let o = Overrides {
+        allow_unauthenticated: true,
+        ..overrides(&a.common)
+    };
+    let (config, catalog, store) = match open(o).await {
         Ok(x) => x,
         Err(code) => return code,
     };

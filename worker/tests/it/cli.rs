@@ -137,6 +137,53 @@ async fn query_renders_table_csv_and_json_and_bad_queries_exit_2_with_a_position
         serde_json::json!({"columns": ["country", "city", "totalRequestCount"], "records": [["Italy", "Naples", 7]]})
     );
 
+    // A query serves nothing and writes under no shard: a node id too long to be a shard id
+    // (as a long host name is, by default) and a config file for a public address without a
+    // token — both refused by `serve` — do not stop it.
+    let long_node = "analytics-node-with-a-long-host-name";
+    let (code, out, err) = run_cli(&[
+        "query",
+        "--database-url",
+        &db.url,
+        "--node-id",
+        long_node,
+        "--format",
+        "csv",
+        HOUR_QUERY,
+    ]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "country,city,totalRequestCount\nItaly,Naples,7\n"),
+        "{err}"
+    );
+    let (code, _, err) = run_cli(&["serve", "--database-url", &db.url, "--node-id", long_node]);
+    assert_eq!(code, 2, "serve refuses the shard id: {err}");
+    let dir = std::env::temp_dir().join(format!("shardtally-it-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("deployment.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "shardtally:\n  listen: 0.0.0.0:9611\n  database_url: {}\n",
+            db.url
+        ),
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let (code, out, err) = run_cli(&["query", "--config", &config, "--format", "csv", HOUR_QUERY]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "country,city,totalRequestCount\nItaly,Naples,7\n"),
+        "{err}"
+    );
+    let (code, _, err) = run_cli(&["serve", "--config", &config, "--node-id", "node-q"]);
+    assert_eq!(
+        code, 2,
+        "serve refuses a public address without a token: {err}"
+    );
+    assert!(err.contains("listen"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+
     let (code, _, err) = run(
         "table",
         "from GeoLocationAgg within 0, 10 per \"fortnights\"",
