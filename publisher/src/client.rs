@@ -634,6 +634,19 @@ impl PublisherBuilder {
                 &format!("must be at most {DEFAULT_MAX_FRAME_LEN} (the maximum frame length)"),
             );
         }
+        // The id is the prefix, '-' and 16 hex digits; a worker refuses a longer one.
+        let max_prefix = crate::protocol::MAX_PUBLISHER_ID_LEN - 17;
+        if self.publisher_id_prefix.len() > max_prefix {
+            return invalid(
+                "publisher_id",
+                &format!(
+                    "a prefix of at most {max_prefix} bytes (with its 17-byte suffix the id is at \
+                     most {} bytes, what a worker accepts); got {}",
+                    crate::protocol::MAX_PUBLISHER_ID_LEN,
+                    self.publisher_id_prefix.len()
+                ),
+            );
+        }
         if self.buffer_max_events == 0 {
             return invalid("buffer_max_events", "must be at least 1");
         }
@@ -873,6 +886,24 @@ mod tests {
         assert!(a.publisher_id.starts_with("gw-"));
         assert_eq!(a.publisher_id.len(), "gw-".len() + 16);
         assert_ne!(a.publisher_id, b.publisher_id);
+        // The longest prefix a worker's 128-byte limit leaves room for, and one byte more.
+        let (c, _) = Publisher::builder("tcp://a:1")
+            .publisher_id("p".repeat(111))
+            .validate()
+            .unwrap();
+        assert_eq!(c.publisher_id.len(), 128);
+        let err = Publisher::builder("tcp://a:1")
+            .publisher_id("p".repeat(112))
+            .validate()
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "invalid setting publisher_id: a prefix of at most 111 bytes (with its 17-byte \
+                 suffix the id is at most 128 bytes, what a worker accepts); got 112"
+            )
+        );
     }
 }
 

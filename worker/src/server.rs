@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use shardtally_publisher::protocol::{
-    BatchFrame, ErrorCode, Frame, FrameCodec, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
-    ProtocolError, RejectCode, StreamSchema, Welcome,
+    BatchFrame, ErrorCode, Frame, FrameCodec, MAX_PUBLISHER_ID_LEN, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, ProtocolError, RejectCode, StreamSchema, Welcome,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -340,7 +340,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         Metrics::add(&shared.metrics.auth_failures, 1);
         if let Some(held_back) = shared.auth_log.admit() {
             // Not yet checked: an unauthenticated peer must not write megabytes into the log.
-            let publisher = if hello.publisher_id.len() <= 128 {
+            let publisher = if hello.publisher_id.len() <= MAX_PUBLISHER_ID_LEN {
                 hello.publisher_id.as_str()
             } else {
                 "<longer than 128 bytes>"
@@ -351,7 +351,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         send_error(framed, ErrorCode::AuthFailed, "authentication failed").await;
         return Err("authentication failed".into());
     }
-    if hello.publisher_id.is_empty() || hello.publisher_id.len() > 128 {
+    if hello.publisher_id.is_empty() || hello.publisher_id.len() > MAX_PUBLISHER_ID_LEN {
         Metrics::add(&shared.metrics.protocol_errors, 1);
         send_error(
             framed,

@@ -41,6 +41,9 @@ pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest version this crate still speaks: a worker answers a version-1 HELLO with a
 /// version-1 WELCOME (without the attributes' constraints).
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// The longest publisher id (bytes) a worker accepts in HELLO; a longer one gets ERROR
+/// `Malformed`.
+pub const MAX_PUBLISHER_ID_LEN: usize = 128;
 /// WELCOME attribute flag (version 2): null is refused (a group-by key).
 const ATTR_REQUIRED: u8 = 0x01;
 

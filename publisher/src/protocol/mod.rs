@@ -17,7 +17,8 @@ pub use codec::FrameCodec;
 pub use encoder::{BatchEncoder, batch_seq};
 pub use frame::{
     BatchFrame, DEFAULT_MAX_FRAME_LEN, ErrorCode, EventReader, Frame, HELLO_MAGIC, Hello,
-    LEN_PREFIX, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ProtocolError, RejectCode, Welcome,
+    LEN_PREFIX, MAX_PUBLISHER_ID_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ProtocolError,
+    RejectCode, Welcome,
 };
 pub use schema::{Attribute, StreamSchema};
 pub use value::{AttrType, Value, ValueRef};
