@@ -169,14 +169,14 @@ fn constrain(streams: &mut [StreamSchema], aggregations: &[AggregationDef], layo
     for schema in streams {
         for attr in &mut schema.attributes {
             if attr.ty == AttrType::String {
-                attr.max_chars = Some(STRING_MAX_CHARS as u32);
+                attr.max_chars = Some(u32::try_from(STRING_MAX_CHARS).unwrap_or(u32::MAX));
             }
         }
         for (agg, layout) in aggregations.iter().zip(layouts) {
             if agg.stream != schema.name {
                 continue;
             }
-            let key_chars = key_string_chars(layout) as u32;
+            let key_chars = u32::try_from(key_string_chars(layout)).unwrap_or(u32::MAX);
             for key in &layout.keys {
                 if let Some(attr) = schema.attributes.iter_mut().find(|a| a.name == key.name) {
                     attr.required = true;

@@ -58,7 +58,7 @@ fn plan(i: usize) -> (usize, u64, usize, (&'static str, &'static str)) {
 
 /// Request `i`'s `User-Agent`: every seventh is 300 characters, longer than the store holds.
 fn user_agent(i: usize) -> String {
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         format!("gateway-test/{i} {}", "é".repeat(300))
     } else {
         "gateway-test".to_owned()
