@@ -93,6 +93,8 @@ struct StreamSlot {
     name: Arc<str>,
     schema: Option<Arc<StreamSchema>>,
     open: Option<OpenBatch>,
+    /// A worker's constraints were put on a given schema (the first worker's are kept).
+    constrained: bool,
 }
 
 /// Refuses a value of the right type that the worker's store cannot hold (see
@@ -213,10 +215,19 @@ impl Batcher {
         Ok(parts)
     }
 
-    /// Adds a schema. Given schemas win over learned ones; a learned schema for a stream that
-    /// already has one is ignored (returns `false` when it differs, for a warning).
+    /// Adds a schema. Given schemas win over learned ones — but a worker knows what its store
+    /// holds: the first learned schema of the same shape puts its constraints (`required`,
+    /// `max_chars`) on a given one. A learned schema for a stream that already has one is
+    /// otherwise ignored (returns `false` when it differs, for a warning).
     pub(crate) fn add_schema(&mut self, schema: StreamSchema, source: SchemaSource) -> bool {
         if source == SchemaSource::Learned && self.schemas_given {
+            if let Some(slot) = self.slots.get_mut(schema.name.as_str())
+                && !slot.constrained
+                && slot.schema.as_ref().is_some_and(|s| s.same_shape(&schema))
+            {
+                slot.constrained = true;
+                slot.schema = Some(Arc::new(schema));
+            }
             return true;
         }
         if source == SchemaSource::Given {
@@ -230,6 +241,7 @@ impl Batcher {
                 name: Arc::from(schema.name.as_str()),
                 schema: None,
                 open: None,
+                constrained: false,
             });
         match &slot.schema {
             Some(existing) if source == SchemaSource::Learned => **existing == schema,
@@ -347,6 +359,7 @@ impl Batcher {
                     name: Arc::from(stream),
                     schema: None,
                     open: None,
+                    constrained: false,
                 },
             );
         }
@@ -945,6 +958,23 @@ mod tests {
         assert_eq!(**b.schema("geo").unwrap(), geo());
         assert!(b.add_schema(StreamSchema::new("other", vec![]), SchemaSource::Learned));
         assert!(b.schema("other").is_none());
+    }
+
+    #[test]
+    fn a_given_schema_takes_the_first_workers_constraints() {
+        let mut b = batcher(10, 1 << 20);
+        let mut constrained = geo();
+        constrained.attributes[0] = constrained.attributes[0].clone().required().max_chars(5);
+        assert!(b.add_schema(constrained.clone(), SchemaSource::Learned));
+        assert_eq!(**b.schema("geo").unwrap(), constrained);
+        let null_first = [ValueRef::Null, EV[1], EV[2]];
+        assert!(matches!(
+            b.push_values("geo", &null_first, ok, &mut |_| {}),
+            Err(PublishError::InvalidValue { .. })
+        ));
+        // A second worker's different constraints do not flip them back and forth.
+        assert!(b.add_schema(geo(), SchemaSource::Learned));
+        assert_eq!(**b.schema("geo").unwrap(), constrained);
     }
 
     #[test]

@@ -269,6 +269,39 @@ async fn a_publisher_refuses_unstorable_events_alone_and_every_other_event_count
         .close(std::time::Duration::from_secs(5))
         .await
         .expect("close");
+
+    // A schema given up front without constraints takes the worker's once connected.
+    use shardtally_publisher::{AttrType, Attribute, StreamSchema};
+    let plain = StreamSchema::new(
+        "geoTempStream",
+        ["apiName", "country", "city"]
+            .map(|a| Attribute::new(a, AttrType::String))
+            .into_iter()
+            .chain([Attribute::new("requestTimestamp", AttrType::Long)])
+            .collect(),
+    );
+    let given = Publisher::builder(&w.endpoint())
+        .publisher_id("gw-given")
+        .schema(plain)
+        .build()
+        .expect("publisher");
+    let start = std::time::Instant::now();
+    while !given
+        .schema("geoTempStream")
+        .is_some_and(|s| s.attributes[1].required)
+    {
+        assert!(start.elapsed().as_secs() < 10, "constraints never taken");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let err = given
+        .publish_values("geoTempStream", &refused[0].0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), refused[0].1);
+    given
+        .close(std::time::Duration::from_secs(5))
+        .await
+        .expect("close");
     drop(w);
     db.cleanup().await;
 }
