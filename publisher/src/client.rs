@@ -209,8 +209,10 @@ impl Publisher {
     /// Publishes one event (named fields).
     ///
     /// With the stream's schema known, fields are mapped onto it (a missing field is null;
-    /// `int` widens to `long`/`double` and `float` to `double`); an unknown stream or field or a
-    /// wrong type is refused here and nothing reaches the wire. Without a schema (none given and
+    /// `int` widens to `long`/`double` and `float` to `double`); an unknown stream or field, a
+    /// wrong type or a value the store cannot hold ([`PublishError::InvalidValue`]: a null
+    /// group-by key, a string too long or with NUL, a non-finite number) is refused here and
+    /// nothing reaches the wire. Without a schema (none given and
     /// no worker reached yet) the event is buffered as is and the worker validates it.
     ///
     /// When the buffer is full, [`FullPolicy`] applies: wait up to its timeout for space, or
@@ -226,7 +228,8 @@ impl Publisher {
     /// encoded straight into the stream's open batch, without allocating.
     ///
     /// Needs the stream's schema (given to the builder, or announced by a worker); types must
-    /// match exactly (null fits any type).
+    /// match exactly (null fits any type but a required one's), and values must be storable
+    /// ([`PublishError::InvalidValue`]).
     pub async fn publish_values(
         &self,
         stream: &str,
@@ -455,7 +458,8 @@ impl PublisherBuilder {
 
     /// Checks events of `schema.name` against this schema (repeatable, one per stream). Given
     /// schemas are authoritative: events of other streams are refused, and schemas announced
-    /// by workers are ignored.
+    /// by workers do not replace them — only the first worker's constraints (`required`,
+    /// `max_chars`: what its store holds) are put on a given schema with the same attributes.
     #[must_use]
     pub fn schema(mut self, schema: StreamSchema) -> PublisherBuilder {
         self.schemas.push(schema);

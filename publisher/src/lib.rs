@@ -77,7 +77,9 @@
 //! # Schemas
 //!
 //! Events are checked against the stream's schema at `publish`: an unknown stream or attribute,
-//! or a value of the wrong type, is refused with a [`PublishError`] naming it, counted in
+//! a value of the wrong type, or one the workers' store cannot hold (a null group-by key, a
+//! string over its `max_chars` or with NUL, a non-finite number) is refused with a
+//! [`PublishError`] naming it, counted in
 //! [`Stats::invalid`], and never reaches the wire. Schemas come from
 //! [`PublisherBuilder::schema`] (authoritative) or, when none is given, from the first worker's
 //! handshake. A publisher that starts while every worker is down knows no schema yet: it accepts

@@ -49,9 +49,6 @@ pub struct Catalog {
     pub layouts: Vec<Layout>,
     /// One empty aggregator per aggregation, built and checked once; cloned for fresh state.
     prototypes: Vec<Aggregator>,
-    /// Per stream: `(attribute position, aggregation, key column)` for every group-by key the
-    /// stream feeds — the values that must be checked against key columns before aggregating.
-    key_columns: Vec<Vec<(usize, usize, usize)>>,
 }
 
 impl Catalog {
@@ -94,29 +91,10 @@ impl Catalog {
             })?;
         let mut app = app;
         constrain(&mut app.streams, &app.aggregations, &layouts);
-        let key_columns = app
-            .streams
-            .iter()
-            .map(|schema| {
-                let mut out = Vec::new();
-                for (a, agg) in app.aggregations.iter().enumerate() {
-                    if agg.stream != schema.name {
-                        continue;
-                    }
-                    for (k, col) in layouts[a].keys.iter().enumerate() {
-                        if let Some(pos) = schema.position(&col.name) {
-                            out.push((pos, a, k));
-                        }
-                    }
-                }
-                out
-            })
-            .collect();
         Ok(Catalog {
             app,
             layouts,
             prototypes,
-            key_columns,
         })
     }
 
@@ -144,12 +122,6 @@ impl Catalog {
     pub fn aggregation(&self, name: &str) -> Option<(&AggregationDef, &Layout)> {
         let i = self.app.aggregations.iter().position(|a| a.name == name)?;
         Some((&self.app.aggregations[i], &self.layouts[i]))
-    }
-
-    /// `(attribute position, aggregation index, key column index)` for every group-by key fed
-    /// by stream `stream`.
-    pub fn key_columns(&self, stream: usize) -> &[(usize, usize, usize)] {
-        &self.key_columns[stream]
     }
 
     /// Indices of the aggregations fed by stream `stream`.

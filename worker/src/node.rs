@@ -366,15 +366,15 @@ async fn connect_with_retry(
 }
 
 /// Takes the shard's lease. Held by another node: refused at once. Held by this node id: an
-/// earlier instance that crashed, whose lease is waited out — but if it is still held after
-/// that, a live instance renews it, and this one is refused.
+/// earlier instance that crashed (or is still draining), whose lease is waited out — but if it
+/// is still held after two such waits, a live instance renews it, and this one is refused.
 async fn acquire_lease(
     store: &Store,
     config: &WorkerConfig,
     instance_id: &str,
     shutdown: &CancellationToken,
 ) -> Result<(), NodeError> {
-    let mut waited = false;
+    let mut waits = 0u32;
     loop {
         let outcome = store
             .acquire_lease(
@@ -400,16 +400,17 @@ async fn acquire_lease(
                     expires_in.as_secs_f64()
                 )));
             }
-            LeaseOutcome::HeldBySameNode { .. } if waited => {
-                // We waited past its expiry and it is still held: an instance of this node that
-                // is alive renews it (SPEC §4.2: the second live worker refuses to start).
+            LeaseOutcome::HeldBySameNode { .. } if waits >= 2 => {
+                // We waited past its expiry twice and it is still held: an instance of this node
+                // that is alive renews it (SPEC §4.2: the second live worker refuses to start).
+                // Two, not one: an instance stopping gracefully renews it until its final commit.
                 return Err(NodeError::Refused(format!(
-                    "node `{}` is already running: another live instance of it renewed the lease on shard `{}` while this one waited for it to expire; two workers must not serve one shard — stop the other instance, or give this one its own node id and shard id",
+                    "node `{}` is already running: another live instance of it renewed the lease on shard `{}` through two lease periods while this one waited for it to expire; two workers must not serve one shard — stop the other instance, or give this one its own node id and shard id",
                     config.node_id, config.shard_id
                 )));
             }
             LeaseOutcome::HeldBySameNode { expires_in } => {
-                waited = true;
+                waits += 1;
                 let wait = expires_in + Duration::from_millis(100);
                 tracing::warn!(
                     shard = %config.shard_id,

@@ -143,8 +143,6 @@ pub struct ApiRequestMapping {
     fields: Vec<Field>,
     apis: Vec<Api>,
     client_ip_header: HeaderName,
-    /// What a required string attribute gets when the mapping has no value for it.
-    missing_text: String,
     /// The publisher id and stream found to check events against `schema`.
     positional_for: OnceLock<(String, String)>,
 }
@@ -187,6 +185,9 @@ pub enum MappingError {
     /// A header name is not valid.
     #[error("{0:?} is not a valid header name")]
     HeaderName(String),
+    /// The missing text holds a NUL character, which no store holds.
+    #[error("missing_text {0:?} holds a NUL character")]
+    MissingText(String),
     /// An API context does not start with `/`.
     #[error("API context {0:?} must start with '/'")]
     Context(String),
@@ -208,27 +209,32 @@ struct Field {
     name: Cow<'static, str>,
     ty: AttrType,
     source: Source,
-    /// A string that must not be null: the missing text instead.
-    required_text: bool,
+    /// For a string that must not be null: the missing text (already cut to `max_chars`).
+    missing: Option<String>,
     /// The most characters a string may have (longer text is cut).
     max_chars: Option<u32>,
 }
 
 impl Field {
-    /// `slot` as the attribute takes it: null in a required string becomes `missing`, text
-    /// longer than `max_chars` characters is cut (allocating only then).
-    fn fit<'r>(&self, slot: Slot<'r>, missing: &'r str) -> Slot<'r> {
-        match slot {
-            Slot::Null if self.required_text => Slot::Text(Cow::Borrowed(missing)),
-            Slot::Text(text) => match self.max_chars.map(|m| m as usize) {
-                Some(max) if text.len() > max => match text.char_indices().nth(max) {
-                    Some((cut, _)) => Slot::Text(Cow::Owned(text[..cut].to_owned())),
-                    None => Slot::Text(text),
-                },
-                _ => Slot::Text(text),
-            },
-            other => other,
+    /// `slot` as the attribute takes it: null in a required string becomes the missing text,
+    /// text longer than `max_chars` characters is cut (allocating only then).
+    fn fit<'r>(&'r self, slot: Slot<'r>) -> Slot<'r> {
+        match (slot, &self.missing) {
+            (Slot::Null, Some(missing)) => Slot::Text(Cow::Borrowed(missing)),
+            (Slot::Text(text), _) => Slot::Text(cut(text, self.max_chars)),
+            (other, _) => other,
         }
+    }
+}
+
+/// `text` cut to at most `max_chars` characters (allocating only when it is cut).
+fn cut(text: Cow<'_, str>, max_chars: Option<u32>) -> Cow<'_, str> {
+    match max_chars.map(|m| m as usize) {
+        Some(max) if text.len() > max => match text.char_indices().nth(max) {
+            Some((end, _)) => Cow::Owned(text[..end].to_owned()),
+            None => text,
+        },
+        _ => text,
     }
 }
 
@@ -510,7 +516,7 @@ impl ApiRequestMapping {
                 }),
                 Source::Builtin(b) => self.builtin(*b, api, request, response).into_slot(field.ty),
             };
-            (field, field.fit(slot, &self.missing_text))
+            (field, field.fit(slot))
         })
     }
 
@@ -766,6 +772,9 @@ impl ApiRequestMappingBuilder {
 
     /// Builds the mapping for `schema`'s stream.
     pub fn build(self, schema: &StreamSchema) -> Result<ApiRequestMapping, MappingError> {
+        if self.missing_text.contains('\0') {
+            return Err(MappingError::MissingText(self.missing_text));
+        }
         let header_name = |h: &str| {
             HeaderName::from_bytes(h.as_bytes()).map_err(|_| MappingError::HeaderName(h.into()))
         };
@@ -823,18 +832,21 @@ impl ApiRequestMappingBuilder {
             .filter_map(|(position, (attr, source))| {
                 let name = static_name(&attr.name)
                     .map_or_else(|| Cow::Owned(attr.name.clone()), Cow::Borrowed);
-                let required_text = attr.required && attr.ty == AttrType::String;
+                let missing = (attr.required && attr.ty == AttrType::String).then(|| {
+                    cut(Cow::Borrowed(self.missing_text.as_str()), attr.max_chars).into_owned()
+                });
                 // A required string the mapping does not fill is the missing text.
                 let source = source.or_else(|| {
-                    required_text
-                        .then(|| Source::Constant(Value::String(self.missing_text.clone())))
+                    missing
+                        .as_ref()
+                        .map(|m| Source::Constant(Value::String(m.clone())))
                 })?;
                 Some(Field {
                     position,
                     name,
                     ty: attr.ty,
                     source,
-                    required_text,
+                    missing,
                     max_chars: attr.max_chars,
                 })
             })
@@ -850,7 +862,6 @@ impl ApiRequestMappingBuilder {
             fields,
             apis,
             client_ip_header: header_name(&self.client_ip_header)?,
-            missing_text: self.missing_text,
             positional_for: OnceLock::new(),
         })
     }

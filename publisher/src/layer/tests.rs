@@ -331,6 +331,59 @@ fn a_mapping_that_cannot_fit_its_stream_is_refused() {
     );
 }
 
+/// Required strings (group-by keys) the request has no value for get the missing text, cut like
+/// any text to the attribute's `max_chars`; a required attribute the mapping does not fill at all
+/// gets it too; a NUL in the missing text is refused when the mapping is built.
+#[test]
+fn required_strings_without_a_value_get_the_missing_text_cut_to_fit() {
+    let schema = StreamSchema::new(
+        "geo",
+        vec![
+            Attribute::new("apiName", AttrType::String)
+                .required()
+                .max_chars(6),
+            Attribute::new("country", AttrType::String)
+                .required()
+                .max_chars(4),
+            Attribute::new("city", AttrType::String).max_chars(3),
+            Attribute::new("applicationName", AttrType::String).required(),
+            Attribute::new("responseCode", AttrType::Int).required(),
+        ],
+    );
+    let mapping = ApiRequestMapping::builder()
+        .missing_text("unknown")
+        .build(&schema)
+        .unwrap();
+    let request = info(
+        Request::builder()
+            .uri("/")
+            .header("x-client-city", "Napoli")
+            .body(())
+            .unwrap(),
+        5,
+    );
+    let values = mapping.values(&request, &ResponseInfo::new(None, Duration::ZERO));
+    assert_eq!(
+        values,
+        [
+            s("unknow"),
+            s("unkn"),
+            s("Nap"),
+            s("unknown"),
+            // Not a string: no missing text; the publisher refuses such an event.
+            Value::Null,
+        ]
+    );
+    let err = ApiRequestMapping::builder()
+        .missing_text("a\0b")
+        .build(&schema)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "missing_text \"a\\0b\" holds a NUL character"
+    );
+}
+
 /// A publisher with nowhere to deliver: events stay in its buffer of `buffer` events.
 fn offline_publisher(buffer: u64) -> Publisher {
     Publisher::builder("tcp://127.0.0.1:1")

@@ -11,7 +11,8 @@
 //! 0x01 HELLO    "STLY" | u16 version | str publisher_id | str auth_token | str client_name
 //! 0x02 WELCOME  u16 version | str node_id | str shard_id | u32 max_frame_len | u32 max_batch_events
 //!               | u16 n_streams | n × (str name | u16 n_attrs | n × attr)
-//!               attr := str attr_name | u8 type | u8 flags | u32 max_chars   (version 2)
+//!               attr := str attr_name | u8 type | u8 flags | u32 max_chars   (version 2;
+//!                       flags 0x01: required; max_chars 0xffffffff: no limit)
 //!               attr := str attr_name | u8 type                               (version 1)
 //! 0x03 BATCH    u64 batch_seq | str stream | u16 n_columns | n × str column | u32 n_events | events
 //!               event := n_columns × (u8 tag | payload)
@@ -44,6 +45,8 @@ pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// The longest publisher id (bytes) a worker accepts in HELLO; a longer one gets ERROR
 /// `Malformed`.
 pub const MAX_PUBLISHER_ID_LEN: usize = 128;
+/// WELCOME `max_chars` (version 2) of an attribute without a length limit.
+const NO_MAX_CHARS: u32 = u32::MAX;
 /// WELCOME attribute flag (version 2): null is refused (a group-by key).
 const ATTR_REQUIRED: u8 = 0x01;
 
@@ -529,7 +532,7 @@ impl Frame {
                         dst.put_u8(type_byte(a.ty));
                         if w.version >= 2 {
                             dst.put_u8(if a.required { ATTR_REQUIRED } else { 0 });
-                            dst.put_u32(a.max_chars.unwrap_or(0));
+                            dst.put_u32(a.max_chars.unwrap_or(NO_MAX_CHARS));
                         }
                     }
                 }
@@ -604,7 +607,8 @@ impl Frame {
                                 return Err(ProtocolError::BadAttributeFlags(flags));
                             }
                             attr.required = flags & ATTR_REQUIRED != 0;
-                            attr.max_chars = Some(cur.u32("max_chars")?).filter(|&n| n > 0);
+                            attr.max_chars =
+                                Some(cur.u32("max_chars")?).filter(|&n| n != NO_MAX_CHARS);
                         }
                         attributes.push(attr);
                     }
@@ -930,12 +934,12 @@ mod tests {
             want.extend_from_slice(&[0, 1, 0, 0, 0, 2, b's', b't', 0, 2]);
             want
         };
-        // Version 2: type, flags (required), max_chars (0: none).
+        // Version 2: type, flags (required), max_chars (0xffffffff: none).
         let mut want = head(2);
         want.extend_from_slice(&[
             0, 0, 0, 4, b'c', b'i', b't', b'y', 1, 0x01, 0, 0, 0x01, 0x02,
         ]);
-        want.extend_from_slice(&[0, 0, 0, 1, b'n', 3, 0x00, 0, 0, 0, 0]);
+        want.extend_from_slice(&[0, 0, 0, 1, b'n', 3, 0x00, 0xff, 0xff, 0xff, 0xff]);
         let bytes = Frame::Welcome(welcome(2))
             .to_bytes(DEFAULT_MAX_FRAME_LEN)
             .unwrap();

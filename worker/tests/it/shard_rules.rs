@@ -97,10 +97,10 @@ async fn a_crashed_node_restarting_waits_for_its_lease_then_takes_over() {
     .await;
 }
 
-/// A second instance of a node that is alive (the lease renewed while it waited for it to
-/// expire) refuses to start; the first serves on.
+/// A second instance of a node that is alive (the lease renewed through two lease periods while
+/// it waited for it to expire) refuses to start; the first serves on.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_second_live_instance_of_the_same_node_is_refused_after_one_lease() {
+async fn a_second_live_instance_of_the_same_node_is_refused() {
     on_every_backend(|db| async move {
         let args = serve_args(&db.url, "node-a");
         let first = WorkerProc::start(&args);
