@@ -1007,18 +1007,7 @@ mod tests {
 
     #[test]
     fn bad_type_byte_in_welcome_is_rejected() {
-        let w = Frame::Welcome(Welcome {
-            version: PROTOCOL_VERSION,
-            node_id: "n".into(),
-            shard_id: "s".into(),
-            max_frame_len: 1,
-            max_batch_events: 1,
-            streams: vec![StreamSchema::new(
-                "st",
-                vec![Attribute::new("a", AttrType::Long)],
-            )],
-        });
-        let (k, b) = body(&w);
+        let (k, b) = body(&Frame::Welcome(welcome(PROTOCOL_VERSION)));
         let mut b = b.to_vec();
         // The type byte, before the flags byte and u32 max_chars.
         let ty = b.len() - 6;
