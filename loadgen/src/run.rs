@@ -856,17 +856,14 @@ impl Collected {
                 self.throughput
                     .record(at.saturating_duration_since(run_start), n);
                 match from {
-                    Some(due) if due.len() == r.published_at.len() => {
-                        for (d, p) in due.iter().zip(&r.published_at) {
+                    Some(due) => {
+                        for (i, d) in due.iter().enumerate() {
+                            // Without its publish time, raw runs from the due time too.
+                            let p = r.published_at.get(i).unwrap_or(d);
                             self.recorder.record_scheduled(
                                 at.saturating_duration_since(*d),
                                 at.saturating_duration_since(*p),
                             );
-                        }
-                    }
-                    Some(due) => {
-                        for d in due {
-                            self.recorder.record(at.saturating_duration_since(*d));
                         }
                     }
                     None => {

@@ -97,15 +97,24 @@ struct StreamSlot {
     constrained: bool,
 }
 
-/// Refuses a value of the right type that the worker's store cannot hold (see
-/// [`Attribute::check`]): null in a group-by key, a string with NUL or longer than its column, a
-/// non-finite number.
+/// Refuses a value that does not fit `attr` ([`Attribute::check`], one pass): of another type
+/// ([`PublishError::TypeMismatch`]), or one the worker's store cannot hold
+/// ([`PublishError::InvalidValue`]: null in a group-by key, a string with NUL or longer than its
+/// column, a non-finite number).
 #[inline]
-fn check_stored(stream: &str, attr: &Attribute, v: ValueRef<'_>) -> Result<(), PublishError> {
-    attr.check(v).map_err(|reason| PublishError::InvalidValue {
-        stream: stream.to_owned(),
-        attribute: attr.name.clone(),
-        reason,
+fn check_value(stream: &str, attr: &Attribute, v: ValueRef<'_>) -> Result<(), PublishError> {
+    attr.check(v).map_err(|reason| match v.attr_type() {
+        Some(got) if got != attr.ty => PublishError::TypeMismatch {
+            stream: stream.to_owned(),
+            attribute: attr.name.clone(),
+            expected: attr.ty,
+            got,
+        },
+        _ => PublishError::InvalidValue {
+            stream: stream.to_owned(),
+            attribute: attr.name.clone(),
+            reason,
+        },
     })
 }
 
@@ -309,17 +318,7 @@ impl Batcher {
             });
         }
         for (attr, v) in schema.attributes.iter().zip(values) {
-            if let Some(got) = v.attr_type()
-                && got != attr.ty
-            {
-                return Err(PublishError::TypeMismatch {
-                    stream: stream.to_owned(),
-                    attribute: attr.name.clone(),
-                    expected: attr.ty,
-                    got,
-                });
-            }
-            check_stored(stream, attr, *v)?;
+            check_value(stream, attr, *v)?;
         }
         let limits = self.limits;
         let record = self.record_times;
@@ -393,7 +392,7 @@ impl Batcher {
             }
             // Every attribute, so that a required one left out (null) is refused too.
             for (attr, v) in schema.attributes.iter().zip(&values) {
-                check_stored(stream, attr, *v)?;
+                check_value(stream, attr, *v)?;
             }
             let schema = Arc::clone(schema);
             if !slot

@@ -116,9 +116,9 @@ pub fn apim_request_schema() -> StreamSchema {
 /// for it — a request without geo headers is still counted, under `country = ''` — and text
 /// longer than an attribute's `max_chars` is cut to it (a long `User-Agent`), so that the
 /// publisher does not refuse the event. Times fill `long` and `int` attributes in whole
-/// milliseconds, `double` and `float` ones with the fraction. Any attribute can instead come from a request [`header`](
-/// ApiRequestMappingBuilder::header) (parsed to the attribute's type; null when it does not
-/// parse) or be a [`constant`](ApiRequestMappingBuilder::constant): the application, the user,
+/// milliseconds, `double` and `float` ones with the fraction. Any attribute can instead come
+/// from a request [`header`](ApiRequestMappingBuilder::header) (parsed to the attribute's type;
+/// null when it does not parse) or be a [`constant`](ApiRequestMappingBuilder::constant): the application, the user,
 /// the tenant — what a gateway learns from its authentication.
 ///
 /// ```

@@ -962,20 +962,6 @@ mod tests {
     }
 
     #[test]
-    fn unknown_attribute_flags_in_welcome_are_rejected() {
-        let (k, b) = body(&Frame::Welcome(welcome(2)));
-        let mut b = b.to_vec();
-        // The last attribute's flags byte: before its u32 max_chars.
-        let flags = b.len() - 5;
-        assert_eq!(b[flags], 0);
-        b[flags] = 0x02;
-        assert!(matches!(
-            Frame::decode(k, Bytes::from(b)),
-            Err(ProtocolError::BadAttributeFlags(0x02))
-        ));
-    }
-
-    #[test]
     fn unknown_kind_and_trailing_bytes_are_malformed() {
         let err = Frame::decode(0x0a, Bytes::new()).unwrap_err();
         assert!(matches!(err, ProtocolError::UnknownKind(0x0a)));
@@ -1006,16 +992,24 @@ mod tests {
     }
 
     #[test]
-    fn bad_type_byte_in_welcome_is_rejected() {
-        let (k, b) = body(&Frame::Welcome(welcome(PROTOCOL_VERSION)));
-        let mut b = b.to_vec();
-        // The type byte, before the flags byte and u32 max_chars.
-        let ty = b.len() - 6;
-        assert_eq!(b[ty], 3);
-        b[ty] = 7;
+    fn a_bad_type_byte_or_unknown_flags_in_welcome_are_rejected() {
+        // The last attribute ends `u8 type | u8 flags | u32 max_chars`: `back` bytes from the
+        // end, the byte that was `was` becomes `now`.
+        let corrupt = |back: usize, was: u8, now: u8| {
+            let (k, b) = body(&Frame::Welcome(welcome(PROTOCOL_VERSION)));
+            let mut b = b.to_vec();
+            let at = b.len() - back;
+            assert_eq!(b[at], was);
+            b[at] = now;
+            Frame::decode(k, Bytes::from(b))
+        };
         assert!(matches!(
-            Frame::decode(k, Bytes::from(b)),
+            corrupt(6, 3, 7),
             Err(ProtocolError::BadTypeByte(7))
+        ));
+        assert!(matches!(
+            corrupt(5, 0, 0x02),
+            Err(ProtocolError::BadAttributeFlags(0x02))
         ));
     }
 

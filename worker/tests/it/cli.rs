@@ -4,7 +4,8 @@ use shardtally_publisher::protocol::Frame;
 use shardtally_worker::store::Backend;
 
 use crate::cluster::{
-    GEO_COLUMNS, RawClient, WorkerProc, naples_rows, query_records, run_cli, serve_args, set_arg,
+    GEO_COLUMNS, RawClient, WorkerProc, naples_rows, query_records, run_cli, scratch_dir,
+    serve_args, set_arg,
 };
 use crate::common::TestDb;
 
@@ -158,8 +159,7 @@ async fn query_renders_table_csv_and_json_and_bad_queries_exit_2_with_a_position
     );
     let (code, _, err) = run_cli(&["serve", "--database-url", &db.url, "--node-id", long_node]);
     assert_eq!(code, 2, "serve refuses the shard id: {err}");
-    let dir = std::env::temp_dir().join(format!("shardtally-it-{:016x}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = scratch_dir();
     let config = dir.join("deployment.yaml");
     std::fs::write(
         &config,

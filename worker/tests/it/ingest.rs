@@ -173,6 +173,19 @@ async fn welcome_carries_the_constraints_and_a_version_1_publisher_is_still_serv
     db.cleanup().await;
 }
 
+/// Waits (10 s at most) until `p` knows the worker's constraints on `geoTempStream` (`country`
+/// is a group-by key of GeoLocationAgg).
+async fn wait_for_constraints(p: &shardtally_publisher::Publisher) {
+    let start = std::time::Instant::now();
+    while !p
+        .schema("geoTempStream")
+        .is_some_and(|s| s.attributes[1].required)
+    {
+        assert!(start.elapsed().as_secs() < 10, "no constraints announced");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A publisher that learned the schema from the worker refuses an unstorable event alone, at
 /// `publish` (nothing of it reaches the wire), where it used to cost its whole batch: every
 /// valid event around it counts.
@@ -186,11 +199,7 @@ async fn a_publisher_refuses_unstorable_events_alone_and_every_other_event_count
         .publisher_id("gw-unstorable")
         .build()
         .expect("publisher");
-    let start = std::time::Instant::now();
-    while publisher.schema("geoTempStream").is_none() {
-        assert!(start.elapsed().as_secs() < 10, "no schema announced");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_constraints(&publisher).await;
     let long_city = "à".repeat(255);
     let refused: [(Vec<ValueRef<'_>>, &str); 3] = [
         (
@@ -285,14 +294,7 @@ async fn a_publisher_refuses_unstorable_events_alone_and_every_other_event_count
         .schema(plain)
         .build()
         .expect("publisher");
-    let start = std::time::Instant::now();
-    while !given
-        .schema("geoTempStream")
-        .is_some_and(|s| s.attributes[1].required)
-    {
-        assert!(start.elapsed().as_secs() < 10, "constraints never taken");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_constraints(&given).await;
     let err = given
         .publish_values("geoTempStream", &refused[0].0)
         .await
