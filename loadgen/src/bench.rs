@@ -113,6 +113,7 @@ pub(crate) struct BenchConfig {
     pub(crate) seed: u64,
     pub(crate) batch_events: Option<u32>,
     pub(crate) in_flight: Option<usize>,
+    pub(crate) batches_per_turn: Option<u64>,
 }
 
 /// One end-to-end run (shardtally or wire).
@@ -394,6 +395,7 @@ async fn run_stages(
             tag: "bench".to_owned(),
             batch_events: args.batch_events,
             in_flight: args.in_flight,
+            batches_per_turn: args.batches_per_turn,
         },
     )
     .await?;
@@ -434,6 +436,7 @@ async fn run_stages(
                 tag: "bench-half".to_owned(),
                 batch_events: args.batch_events,
                 in_flight: args.in_flight,
+                batches_per_turn: args.batches_per_turn,
             },
         )
         .await?;
@@ -468,6 +471,7 @@ async fn run_stages(
                 tag: "wire".to_owned(),
                 batch_events: args.batch_events,
                 in_flight: args.in_flight,
+                batches_per_turn: args.batches_per_turn,
             },
         )
         .await?;
@@ -573,6 +577,7 @@ async fn run_stages(
             seed: args.seed,
             batch_events: args.batch_events,
             in_flight: args.in_flight,
+            batches_per_turn: args.batches_per_turn,
         },
         ratios: Ratios {
             vs_naive: naive.as_ref().and_then(|n| ratio(n.events_per_sec)),

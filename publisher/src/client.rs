@@ -36,6 +36,7 @@ pub(crate) struct Settings {
     pub(crate) heartbeat_interval: Duration,
     pub(crate) delivery_deadline: Duration,
     pub(crate) max_in_flight_per_connection: usize,
+    pub(crate) batches_per_turn: usize,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) connect_timeout: Duration,
@@ -403,6 +404,9 @@ impl Publisher {
     }
 }
 
+/// Default of [`PublisherBuilder::batches_per_turn`].
+pub const DEFAULT_BATCHES_PER_TURN: usize = 8;
+
 /// Configures a [`Publisher`]. Every setting has a default; see each method.
 #[derive(Debug, Clone)]
 pub struct PublisherBuilder {
@@ -421,6 +425,7 @@ pub struct PublisherBuilder {
     heartbeat_interval: Duration,
     delivery_deadline: Duration,
     max_in_flight_per_connection: usize,
+    batches_per_turn: usize,
     backoff_min: Duration,
     backoff_max: Duration,
     connect_timeout: Duration,
@@ -447,6 +452,7 @@ impl PublisherBuilder {
             heartbeat_interval: Duration::from_secs(2),
             delivery_deadline: Duration::from_secs(120),
             max_in_flight_per_connection: 1024,
+            batches_per_turn: DEFAULT_BATCHES_PER_TURN,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
@@ -573,6 +579,24 @@ impl PublisherBuilder {
         self
     }
 
+    /// Consecutive batches a round-robin group sends to one member before the next member's
+    /// turn (default 8; 1 is plain round-robin). A member that is down or whose in-flight window
+    /// is full ends its turn early, so turns never hold a batch back.
+    ///
+    /// Each worker writes its own partial aggregate (its shard's row) of every time bucket it
+    /// received events for, so a bucket whose events were spread over two workers costs two
+    /// rows. Consecutive batches usually hold neighbouring event times: a turn keeps them on one
+    /// worker, and a bucket is split only where one turn ends and the next begins. This matters
+    /// when many events share each bucket — replaying a backlog (a one-hour replay over 1,000
+    /// keys writes ~20 % fewer rows in turns of 8 than of 1); with live traffic every worker sees
+    /// every key's current buckets anyway. Turns are counted in batches, not time: at low rates
+    /// (batches sealed by `linger`) a turn lasts about `n × linger`.
+    #[must_use]
+    pub fn batches_per_turn(mut self, n: usize) -> PublisherBuilder {
+        self.batches_per_turn = n;
+        self
+    }
+
     /// Reconnect delays: capped exponential from `min` to `max` with full jitter (default
     /// 100 ms .. 10 s).
     #[must_use]
@@ -686,6 +710,9 @@ impl PublisherBuilder {
         if self.max_in_flight_per_connection == 0 {
             return invalid("max_in_flight_per_connection", "must be at least 1");
         }
+        if self.batches_per_turn == 0 {
+            return invalid("batches_per_turn", "must be at least 1");
+        }
         if self.backoff_min > self.backoff_max {
             return invalid("reconnect_backoff", "min must not exceed max");
         }
@@ -738,6 +765,7 @@ impl PublisherBuilder {
                 heartbeat_interval: self.heartbeat_interval,
                 delivery_deadline: self.delivery_deadline,
                 max_in_flight_per_connection: self.max_in_flight_per_connection,
+                batches_per_turn: self.batches_per_turn,
                 backoff_min: self.backoff_min,
                 backoff_max: self.backoff_max,
                 connect_timeout: self.connect_timeout,

@@ -35,7 +35,7 @@ use crate::backoff::backoff_delay;
 use crate::batch::{BatchLimits, SchemaSource, SealedBatch};
 use crate::client::Shared;
 use crate::connection::{self, ConnError, ConnEvent, ConnEventKind, ConnParams};
-use crate::endpoint::{GroupMode, MemberView, pick};
+use crate::endpoint::{Cursor, GroupMode, MemberView, pick};
 use crate::protocol::{Hello, PROTOCOL_VERSION, ProtocolError, RejectCode};
 use crate::report::{DeliveryReport, Outcome};
 use crate::stats::{Counters, EndpointState, FAILED_CLOSED, FAILED_DEADLINE, FAILED_REJECTED};
@@ -137,7 +137,7 @@ struct Group {
     mode: GroupMode,
     /// Global member indices.
     members: Vec<usize>,
-    cursor: usize,
+    cursor: Cursor,
     pending: VecDeque<u64>,
     /// Batches no healthy member admits and that cannot be split (sent in this group already, or
     /// one event): back to the front of `pending` when a member of the group comes up.
@@ -213,7 +213,7 @@ impl Dispatcher {
             groups.push(Group {
                 mode: group.mode,
                 members: indices,
-                cursor: 0,
+                cursor: Cursor::default(),
                 pending: VecDeque::new(),
                 parked: Vec::new(),
             });
@@ -616,6 +616,7 @@ impl Dispatcher {
     /// Sends pending batches to the members with room.
     fn dispatch(&mut self) {
         let max_in_flight = self.shared.settings.max_in_flight_per_connection;
+        let turn = self.shared.settings.batches_per_turn;
         let now = Instant::now();
         for g in 0..self.groups.len() {
             while let Some(&seq) = self.groups[g].pending.front() {
@@ -653,7 +654,7 @@ impl Dispatcher {
                     })
                     .collect();
                 let group = &mut self.groups[g];
-                let Some(choice) = pick(group.mode, &views, &mut group.cursor, avoid) else {
+                let Some(choice) = pick(group.mode, &views, &mut group.cursor, turn, avoid) else {
                     if declined && !views.iter().any(|v| v.healthy) {
                         // Healthy members, none of which admits this batch, and it was sent in
                         // another group (or it would have been split above): split it for this

@@ -291,10 +291,22 @@ pub(crate) struct MemberView {
     pub(crate) has_room: bool,
 }
 
+/// Where a round-robin group's next batch goes: `member`, which has had `taken` batches of its
+/// turn so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Cursor {
+    pub(crate) member: usize,
+    pub(crate) taken: usize,
+}
+
 /// Chooses the member of a group to send the next batch to, or `None` to wait.
 ///
-/// - Round-robin: the next healthy member with room after the one chosen last (`cursor` is
-///   advanced past the choice), skipping members whose window is full.
+/// - Round-robin, in turns of `turn` batches: the member whose turn it is (`cursor.member`) if it
+///   is healthy and has room, else the next one that is, whose turn then begins; after `turn`
+///   batches the turn passes to the next member. A turn keeps consecutive batches — which
+///   usually hold neighbouring event times — on one worker, so fewer time buckets are written
+///   by two shards (see `PublisherBuilder::batches_per_turn`); with `turn` 1 it is plain
+///   round-robin.
 /// - Failover: the first healthy member in written order; if its window is full, wait (never
 ///   spill over to the next one while the first is healthy).
 ///
@@ -303,7 +315,8 @@ pub(crate) struct MemberView {
 pub(crate) fn pick(
     mode: GroupMode,
     members: &[MemberView],
-    cursor: &mut usize,
+    cursor: &mut Cursor,
+    turn: usize,
     avoid: Option<usize>,
 ) -> Option<usize> {
     let n = members.len();
@@ -323,9 +336,21 @@ pub(crate) fn pick(
     match mode {
         GroupMode::RoundRobin => {
             for step in 0..n {
-                let i = (*cursor + step) % n;
+                let i = (cursor.member + step) % n;
                 if usable(i) && members[i].has_room {
-                    *cursor = (i + 1) % n;
+                    if i != cursor.member {
+                        *cursor = Cursor {
+                            member: i,
+                            taken: 0,
+                        };
+                    }
+                    cursor.taken += 1;
+                    if cursor.taken >= turn {
+                        *cursor = Cursor {
+                            member: (i + 1) % n,
+                            taken: 0,
+                        };
+                    }
                     return Some(i);
                 }
             }
@@ -459,74 +484,169 @@ mod tests {
     #[test]
     fn round_robin_is_even_over_healthy_members() {
         let members = views(&[(true, true), (false, true), (true, true), (true, true)]);
-        let mut cursor = 0;
+        let mut cursor = Cursor::default();
         let mut counts = [0usize; 4];
         for _ in 0..300 {
-            let i = pick(GroupMode::RoundRobin, &members, &mut cursor, None).unwrap();
+            let i = pick(GroupMode::RoundRobin, &members, &mut cursor, 1, None).unwrap();
             counts[i] += 1;
         }
         assert_eq!(counts, [100, 0, 100, 100]);
     }
 
     #[test]
-    fn round_robin_skips_full_windows_and_waits_when_all_full() {
-        let members = views(&[(true, false), (true, true), (true, false)]);
-        let mut cursor = 0;
+    fn round_robin_turns_give_each_member_that_many_batches_in_a_row() {
+        let members = views(&[(true, true), (false, true), (true, true), (true, true)]);
+        let mut cursor = Cursor::default();
+        let order: Vec<usize> = (0..24)
+            .map(|_| pick(GroupMode::RoundRobin, &members, &mut cursor, 3, None).unwrap())
+            .collect();
+        let expected: Vec<usize> = [0, 2, 3, 0, 2, 3, 0, 2]
+            .iter()
+            .flat_map(|&i| [i; 3])
+            .collect();
+        assert_eq!(order, expected);
+    }
+
+    #[test]
+    fn a_full_or_failed_member_ends_its_turn_early() {
+        let mut cursor = Cursor::default();
+        let open = views(&[(true, true), (true, true)]);
         assert_eq!(
-            pick(GroupMode::RoundRobin, &members, &mut cursor, None),
+            pick(GroupMode::RoundRobin, &open, &mut cursor, 4, None),
+            Some(0)
+        );
+        assert_eq!(
+            pick(GroupMode::RoundRobin, &open, &mut cursor, 4, None),
+            Some(0)
+        );
+        // Member 0's window fills: the next batch goes to 1, whose full turn begins.
+        let first_full = views(&[(true, false), (true, true)]);
+        assert_eq!(
+            pick(GroupMode::RoundRobin, &first_full, &mut cursor, 4, None),
             Some(1)
         );
-        assert_eq!(cursor, 2);
+        assert_eq!(
+            cursor,
+            Cursor {
+                member: 1,
+                taken: 1
+            }
+        );
+        for _ in 0..3 {
+            assert_eq!(
+                pick(GroupMode::RoundRobin, &open, &mut cursor, 4, None),
+                Some(1)
+            );
+        }
+        assert_eq!(
+            cursor,
+            Cursor {
+                member: 0,
+                taken: 0
+            }
+        );
+        // A re-sent batch that avoids member 0 goes to 1 and starts 1's turn, as any batch a
+        // member takes out of turn does.
+        assert_eq!(
+            pick(GroupMode::RoundRobin, &open, &mut cursor, 4, Some(0)),
+            Some(1)
+        );
+        assert_eq!(
+            cursor,
+            Cursor {
+                member: 1,
+                taken: 1
+            }
+        );
+        // Member 1 goes down mid-turn: 0 takes over.
+        let second_down = views(&[(true, true), (false, true)]);
+        assert_eq!(
+            pick(GroupMode::RoundRobin, &second_down, &mut cursor, 4, None),
+            Some(0)
+        );
+        assert_eq!(
+            cursor,
+            Cursor {
+                member: 0,
+                taken: 1
+            }
+        );
+    }
+
+    #[test]
+    fn round_robin_skips_full_windows_and_waits_when_all_full() {
+        let members = views(&[(true, false), (true, true), (true, false)]);
+        let mut cursor = Cursor::default();
+        assert_eq!(
+            pick(GroupMode::RoundRobin, &members, &mut cursor, 1, None),
+            Some(1)
+        );
+        assert_eq!(
+            cursor,
+            Cursor {
+                member: 2,
+                taken: 0
+            }
+        );
         let full = views(&[(true, false), (true, false)]);
-        assert_eq!(pick(GroupMode::RoundRobin, &full, &mut cursor, None), None);
+        assert_eq!(
+            pick(GroupMode::RoundRobin, &full, &mut cursor, 1, None),
+            None
+        );
         let down = views(&[(false, true), (false, true)]);
-        assert_eq!(pick(GroupMode::RoundRobin, &down, &mut cursor, None), None);
+        assert_eq!(
+            pick(GroupMode::RoundRobin, &down, &mut cursor, 1, None),
+            None
+        );
     }
 
     #[test]
     fn failover_takes_the_first_healthy_member_in_order() {
-        let mut cursor = 0;
+        let mut cursor = Cursor::default();
         let members = views(&[(true, true), (true, true), (true, true)]);
         for _ in 0..5 {
             assert_eq!(
-                pick(GroupMode::Failover, &members, &mut cursor, None),
+                pick(GroupMode::Failover, &members, &mut cursor, 1, None),
                 Some(0)
             );
         }
         let members = views(&[(false, true), (true, true), (true, true)]);
         assert_eq!(
-            pick(GroupMode::Failover, &members, &mut cursor, None),
+            pick(GroupMode::Failover, &members, &mut cursor, 1, None),
             Some(1)
         );
         // The first healthy member's window is full: wait rather than spill over.
         let members = views(&[(false, true), (true, false), (true, true)]);
-        assert_eq!(pick(GroupMode::Failover, &members, &mut cursor, None), None);
+        assert_eq!(
+            pick(GroupMode::Failover, &members, &mut cursor, 1, None),
+            None
+        );
     }
 
     #[test]
     fn a_resent_batch_avoids_the_member_it_failed_on_while_another_is_healthy() {
-        let mut cursor = 0;
+        let mut cursor = Cursor::default();
         let members = views(&[(true, true), (true, true)]);
         for _ in 0..4 {
             assert_eq!(
-                pick(GroupMode::RoundRobin, &members, &mut cursor, Some(0)),
+                pick(GroupMode::RoundRobin, &members, &mut cursor, 1, Some(0)),
                 Some(1)
             );
         }
         assert_eq!(
-            pick(GroupMode::Failover, &members, &mut cursor, Some(0)),
+            pick(GroupMode::Failover, &members, &mut cursor, 1, Some(0)),
             Some(1)
         );
         // Another member is healthy but full: wait for it rather than going back.
         let members = views(&[(true, true), (true, false)]);
         assert_eq!(
-            pick(GroupMode::RoundRobin, &members, &mut cursor, Some(0)),
+            pick(GroupMode::RoundRobin, &members, &mut cursor, 1, Some(0)),
             None
         );
         // It is the only healthy one left: it is used.
         let members = views(&[(true, true), (false, true)]);
         assert_eq!(
-            pick(GroupMode::RoundRobin, &members, &mut cursor, Some(0)),
+            pick(GroupMode::RoundRobin, &members, &mut cursor, 1, Some(0)),
             Some(0)
         );
     }

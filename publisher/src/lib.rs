@@ -57,7 +57,7 @@
 //! | URL set | meaning |
 //! |---|---|
 //! | `tcp://h:9611` | one worker |
-//! | `{tcp://a:9611,tcp://b:9611}` | round-robin over the healthy members |
+//! | `{tcp://a:9611,tcp://b:9611}` | round-robin over the healthy members, in turns of [`PublisherBuilder::batches_per_turn`] batches (8) |
 //! | `{tcp://a:9611\|tcp://b:9611}` | failover: everything to the first healthy member, in order |
 //! | `{tcp://a:9611,tcp://b:9611},{tcp://c:9611}` | **every** batch to each group |
 //!
@@ -159,7 +159,7 @@ pub mod tls;
 
 pub use backoff::backoff_delay;
 pub use buffer::FullPolicy;
-pub use client::{Publisher, PublisherBuilder};
+pub use client::{DEFAULT_BATCHES_PER_TURN, Publisher, PublisherBuilder};
 pub use endpoint::{Endpoint, EndpointGroup, GroupMode, Scheme, UrlSet};
 pub use error::{ConfigError, EventError, PublishError, UrlSetError};
 pub use event::Event;

@@ -47,6 +47,8 @@ pub(crate) struct DriveOptions {
     pub(crate) batch_events: Option<u32>,
     /// `max_in_flight_per_connection`, if not the default.
     pub(crate) in_flight: Option<usize>,
+    /// `batches_per_turn`, if not the default.
+    pub(crate) batches_per_turn: Option<u64>,
 }
 
 /// What a drive measured.
@@ -117,6 +119,9 @@ pub(crate) async fn drive(
         }
         if let Some(n) = o.in_flight {
             builder = builder.max_in_flight_per_connection(n);
+        }
+        if let Some(n) = o.batches_per_turn {
+            builder = builder.batches_per_turn(usize::try_from(n).unwrap_or(usize::MAX));
         }
         let publisher = builder.build()?;
         let reports = publisher

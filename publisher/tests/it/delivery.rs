@@ -49,6 +49,7 @@ async fn round_robin_is_even_over_healthy_members() {
         .schema(geo_schema())
         .batch_max_events(10)
         .max_in_flight_per_connection(10_000)
+        .batches_per_turn(1)
         .build()
         .unwrap();
     wait_connected(&publisher).await;
@@ -61,6 +62,56 @@ async fn round_robin_is_even_over_healthy_members() {
     for s in [&a, &b, &c] {
         assert_eq!(endpoint(&stats, &s.url()).acked_batches, 100, "{}", s.url());
         assert_eq!(ledger.events_by(s.node_id()), 1000);
+    }
+    assert_eq!(stats.acked, 3000);
+    ledger.assert_each_ts_once(3000);
+}
+
+#[tokio::test]
+async fn round_robin_goes_in_turns_of_consecutive_batches() {
+    let ledger = Ledger::new();
+    let a = TestServer::start(ServerConfig::new("a"), ledger.clone()).await;
+    let b = TestServer::start(ServerConfig::new("b"), ledger.clone()).await;
+    let c = TestServer::start(ServerConfig::new("c"), ledger.clone()).await;
+    // The default turn: 8 batches.
+    assert_eq!(shardtally_publisher::DEFAULT_BATCHES_PER_TURN, 8);
+    let publisher = Publisher::builder(&format!("{{{},{},{}}}", a.url(), b.url(), c.url()))
+        .schema(geo_schema())
+        .batch_max_events(10)
+        .max_in_flight_per_connection(10_000)
+        .build()
+        .unwrap();
+    wait_connected(&publisher).await;
+    bounded(30, "publish and flush", async {
+        publish_geo(&publisher, 0..3000).await;
+        publisher.flush().await.unwrap();
+    })
+    .await;
+    // 300 batches: 37 full turns of 8 (a, b, c, a, …) and 4 more batches on b.
+    let stats = publisher.stats();
+    for (s, batches) in [(&a, 104), (&b, 100), (&c, 96)] {
+        assert_eq!(
+            endpoint(&stats, &s.url()).acked_batches,
+            batches,
+            "{}",
+            s.url()
+        );
+        assert_eq!(ledger.events_by(s.node_id()), batches * 10);
+        // Each turn is 8 consecutive seqs on one server (the last one 4).
+        let seqs = ledger.seqs_by(s.node_id());
+        let mut runs = vec![1u64];
+        for w in seqs.windows(2) {
+            if w[1] == w[0] + 1 {
+                *runs.last_mut().unwrap() += 1;
+            } else {
+                runs.push(1);
+            }
+        }
+        let mut expected = vec![8; usize::try_from(batches / 8).unwrap()];
+        if batches % 8 != 0 {
+            expected.push(batches % 8);
+        }
+        assert_eq!(runs, expected, "{}", s.url());
     }
     assert_eq!(stats.acked, 3000);
     ledger.assert_each_ts_once(3000);

@@ -97,7 +97,10 @@ async fn a_resent_batch_too_large_for_the_others_waits_for_a_worker_that_admits_
     })
     .await;
     assert_eq!(small.rejected(), 0);
-    assert_eq!(publisher.stats().acked, 200);
+    wait_until(10, "the new events are acked", || {
+        publisher.stats().acked == 200
+    })
+    .await;
     let big_again = TestServer::start_on(big.addr, ServerConfig::new("big"), ledger.clone()).await;
     bounded(30, "flush", publisher.flush()).await.unwrap();
     let stats = publisher.stats();

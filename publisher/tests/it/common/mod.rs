@@ -75,6 +75,8 @@ struct LedgerInner {
     events: u64,
     duplicate_batches: u64,
     events_by_node: HashMap<String, u64>,
+    /// The seqs each node committed, in commit order.
+    seqs_by_node: HashMap<String, Vec<u64>>,
     /// Every `ts` value committed, to check exactly-once per event.
     ts_seen: HashMap<i64, u32>,
 }
@@ -93,6 +95,7 @@ impl Ledger {
         }
         l.events += events;
         *l.events_by_node.entry(node.to_owned()).or_default() += events;
+        l.seqs_by_node.entry(node.to_owned()).or_default().push(seq);
         for t in ts {
             *l.ts_seen.entry(*t).or_default() += 1;
         }
@@ -118,6 +121,20 @@ impl Ledger {
             .get(node)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The batch seqs committed through one node, ascending.
+    pub fn seqs_by(&self, node: &str) -> Vec<u64> {
+        let mut seqs = self
+            .inner
+            .lock()
+            .unwrap()
+            .seqs_by_node
+            .get(node)
+            .cloned()
+            .unwrap_or_default();
+        seqs.sort_unstable();
+        seqs
     }
 
     /// Checks that every `ts` in `0..n` was committed exactly once.
