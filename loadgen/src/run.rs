@@ -679,13 +679,15 @@ fn build_publisher(
         DELIVERY_DEADLINE,
     )
     .batch_max_events(SCENARIO_BATCH_EVENTS)
+    .batches_per_turn(1)
     .build()
 }
 
 /// Events per batch for a scenario's publishers. A phase is a few thousand events, published
-/// in a few milliseconds: with the publisher's default (10,000) it would be one or two batches,
-/// reaching one or two workers of its route; 1,000-event batches spread it over all of them, so
-/// the merges across shards a scenario checks are exercised. (`bench` keeps the default.)
+/// in a few milliseconds: with the publisher's defaults (10,000 events, turns of 8 batches) it
+/// would reach one worker of its route; 1,000-event batches, one per turn, spread it over all of
+/// them, so the merges across shards a scenario checks are exercised. (`bench` keeps the
+/// defaults.)
 const SCENARIO_BATCH_EVENTS: u32 = 1000;
 
 /// The settings every loadgen publisher (`run`'s and `bench`'s) shares: delivery reports on,
