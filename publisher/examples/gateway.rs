@@ -90,6 +90,10 @@ pub(crate) struct Args {
     /// Events buffered while unacked; beyond, events are dropped (and counted).
     #[arg(long, default_value_t = 100_000)]
     pub(crate) buffer_events: u64,
+    /// Consecutive batches sent to one worker before the next worker's turn (1: every batch
+    /// to the next worker).
+    #[arg(long, default_value_t = shardtally_publisher::DEFAULT_BATCHES_PER_TURN)]
+    pub(crate) batches_per_turn: usize,
     /// Publish nothing: the same proxy without the analytics layer (for overhead measurements).
     #[arg(long)]
     pub(crate) no_analytics: bool,
@@ -115,6 +119,7 @@ pub(crate) fn publisher(args: &Args) -> anyhow::Result<Publisher> {
         .client_name("shardtally-example-gateway")
         .schema(apim_request_schema())
         .buffer_max_events(args.buffer_events)
+        .batches_per_turn(args.batches_per_turn)
         .full_policy(FullPolicy::DropNewest);
     if let Some(path) = &args.auth_token_file {
         let token = std::fs::read_to_string(path)

@@ -111,6 +111,9 @@ fn args(upstream: SocketAddr, workers: &str, buffer_events: u64) -> example::Arg
         workers.into(),
         "--buffer-events".into(),
         buffer_events.to_string(),
+        // A few hundred requests make a few batches: one per turn, so both workers get some.
+        "--batches-per-turn".into(),
+        "1".into(),
     ];
     for (context, name, version) in APIS {
         argv.extend(["--api".into(), format!("{context}={name}:{version}")]);
