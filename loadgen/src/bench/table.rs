@@ -51,13 +51,15 @@ pub(crate) fn render(s: &BenchSummary) -> String {
     let _ = writeln!(
         out,
         "\nshardtally bench: {} events, {} keys, {} ms of event time ({}), {} worker(s), {} \
-         publisher(s), flush every {} ms, database {}, {} CPUs (load {} before, {} after)\n",
+         publisher(s) in turns of {} batches, flush every {} ms, database {}, {} CPUs (load {} \
+         before, {} after)\n",
         thousands(c.events as f64),
         thousands(c.keys as f64),
         thousands(c.time_spread_ms as f64),
         c.time_order,
         c.workers,
         c.publishers,
+        c.batches_per_turn,
         c.flush_interval_ms,
         c.database,
         s.machine.cpus,
