@@ -507,97 +507,46 @@ mod tests {
         assert_eq!(order, expected);
     }
 
+    /// A round-robin pick, then where the cursor stands: `(choice, (member, taken))`.
+    fn rr(
+        members: &[MemberView],
+        cursor: &mut Cursor,
+        turn: usize,
+        avoid: Option<usize>,
+    ) -> (Option<usize>, (usize, usize)) {
+        let choice = pick(GroupMode::RoundRobin, members, cursor, turn, avoid);
+        (choice, (cursor.member, cursor.taken))
+    }
+
     #[test]
     fn a_full_or_failed_member_ends_its_turn_early() {
         let mut cursor = Cursor::default();
         let open = views(&[(true, true), (true, true)]);
-        assert_eq!(
-            pick(GroupMode::RoundRobin, &open, &mut cursor, 4, None),
-            Some(0)
-        );
-        assert_eq!(
-            pick(GroupMode::RoundRobin, &open, &mut cursor, 4, None),
-            Some(0)
-        );
+        assert_eq!(rr(&open, &mut cursor, 4, None), (Some(0), (0, 1)));
+        assert_eq!(rr(&open, &mut cursor, 4, None), (Some(0), (0, 2)));
         // Member 0's window fills: the next batch goes to 1, whose full turn begins.
         let first_full = views(&[(true, false), (true, true)]);
-        assert_eq!(
-            pick(GroupMode::RoundRobin, &first_full, &mut cursor, 4, None),
-            Some(1)
-        );
-        assert_eq!(
-            cursor,
-            Cursor {
-                member: 1,
-                taken: 1
-            }
-        );
-        for _ in 0..3 {
-            assert_eq!(
-                pick(GroupMode::RoundRobin, &open, &mut cursor, 4, None),
-                Some(1)
-            );
-        }
-        assert_eq!(
-            cursor,
-            Cursor {
-                member: 0,
-                taken: 0
-            }
-        );
+        assert_eq!(rr(&first_full, &mut cursor, 4, None), (Some(1), (1, 1)));
+        assert_eq!(rr(&open, &mut cursor, 4, None), (Some(1), (1, 2)));
+        assert_eq!(rr(&open, &mut cursor, 4, None), (Some(1), (1, 3)));
+        assert_eq!(rr(&open, &mut cursor, 4, None), (Some(1), (0, 0)));
         // A re-sent batch that avoids member 0 goes to 1 and starts 1's turn, as any batch a
         // member takes out of turn does.
-        assert_eq!(
-            pick(GroupMode::RoundRobin, &open, &mut cursor, 4, Some(0)),
-            Some(1)
-        );
-        assert_eq!(
-            cursor,
-            Cursor {
-                member: 1,
-                taken: 1
-            }
-        );
+        assert_eq!(rr(&open, &mut cursor, 4, Some(0)), (Some(1), (1, 1)));
         // Member 1 goes down mid-turn: 0 takes over.
         let second_down = views(&[(true, true), (false, true)]);
-        assert_eq!(
-            pick(GroupMode::RoundRobin, &second_down, &mut cursor, 4, None),
-            Some(0)
-        );
-        assert_eq!(
-            cursor,
-            Cursor {
-                member: 0,
-                taken: 1
-            }
-        );
+        assert_eq!(rr(&second_down, &mut cursor, 4, None), (Some(0), (0, 1)));
     }
 
     #[test]
     fn round_robin_skips_full_windows_and_waits_when_all_full() {
         let members = views(&[(true, false), (true, true), (true, false)]);
         let mut cursor = Cursor::default();
-        assert_eq!(
-            pick(GroupMode::RoundRobin, &members, &mut cursor, 1, None),
-            Some(1)
-        );
-        assert_eq!(
-            cursor,
-            Cursor {
-                member: 2,
-                taken: 0
-            }
-        );
+        assert_eq!(rr(&members, &mut cursor, 1, None), (Some(1), (2, 0)));
         let full = views(&[(true, false), (true, false)]);
-        assert_eq!(
-            pick(GroupMode::RoundRobin, &full, &mut cursor, 1, None),
-            None
-        );
+        assert_eq!(rr(&full, &mut cursor, 1, None), (None, (2, 0)));
         let down = views(&[(false, true), (false, true)]);
-        assert_eq!(
-            pick(GroupMode::RoundRobin, &down, &mut cursor, 1, None),
-            None
-        );
+        assert_eq!(rr(&down, &mut cursor, 1, None), (None, (2, 0)));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Happy paths: delivery, balancing, failover order, replication, delivery reports.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use shardtally_publisher::{Event, Outcome, Publisher};
@@ -39,19 +40,23 @@ async fn events_are_delivered_and_acked_exactly_once() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn round_robin_is_even_over_healthy_members() {
+/// Three servers in one round-robin group; 3,000 events in batches of 10, in turns of `turn`
+/// batches (`None`: the default), published and flushed.
+async fn three_servers_in_turns(
+    turn: Option<usize>,
+) -> (Arc<Ledger>, [TestServer; 3], shardtally_publisher::Stats) {
     let ledger = Ledger::new();
     let a = TestServer::start(ServerConfig::new("a"), ledger.clone()).await;
     let b = TestServer::start(ServerConfig::new("b"), ledger.clone()).await;
     let c = TestServer::start(ServerConfig::new("c"), ledger.clone()).await;
-    let publisher = Publisher::builder(&format!("{{{},{},{}}}", a.url(), b.url(), c.url()))
+    let mut builder = Publisher::builder(&format!("{{{},{},{}}}", a.url(), b.url(), c.url()))
         .schema(geo_schema())
         .batch_max_events(10)
-        .max_in_flight_per_connection(10_000)
-        .batches_per_turn(1)
-        .build()
-        .unwrap();
+        .max_in_flight_per_connection(10_000);
+    if let Some(n) = turn {
+        builder = builder.batches_per_turn(n);
+    }
+    let publisher = builder.build().unwrap();
     wait_connected(&publisher).await;
     bounded(30, "publish and flush", async {
         publish_geo(&publisher, 0..3000).await;
@@ -59,37 +64,26 @@ async fn round_robin_is_even_over_healthy_members() {
     })
     .await;
     let stats = publisher.stats();
-    for s in [&a, &b, &c] {
+    assert_eq!(stats.acked, 3000);
+    ledger.assert_each_ts_once(3000);
+    (ledger, [a, b, c], stats)
+}
+
+#[tokio::test]
+async fn round_robin_is_even_over_healthy_members() {
+    let (ledger, servers, stats) = three_servers_in_turns(Some(1)).await;
+    for s in &servers {
         assert_eq!(endpoint(&stats, &s.url()).acked_batches, 100, "{}", s.url());
         assert_eq!(ledger.events_by(s.node_id()), 1000);
     }
-    assert_eq!(stats.acked, 3000);
-    ledger.assert_each_ts_once(3000);
 }
 
 #[tokio::test]
 async fn round_robin_goes_in_turns_of_consecutive_batches() {
-    let ledger = Ledger::new();
-    let a = TestServer::start(ServerConfig::new("a"), ledger.clone()).await;
-    let b = TestServer::start(ServerConfig::new("b"), ledger.clone()).await;
-    let c = TestServer::start(ServerConfig::new("c"), ledger.clone()).await;
-    // The default turn: 8 batches.
     assert_eq!(shardtally_publisher::DEFAULT_BATCHES_PER_TURN, 8);
-    let publisher = Publisher::builder(&format!("{{{},{},{}}}", a.url(), b.url(), c.url()))
-        .schema(geo_schema())
-        .batch_max_events(10)
-        .max_in_flight_per_connection(10_000)
-        .build()
-        .unwrap();
-    wait_connected(&publisher).await;
-    bounded(30, "publish and flush", async {
-        publish_geo(&publisher, 0..3000).await;
-        publisher.flush().await.unwrap();
-    })
-    .await;
+    let (ledger, servers, stats) = three_servers_in_turns(None).await;
     // 300 batches: 37 full turns of 8 (a, b, c, a, …) and 4 more batches on b.
-    let stats = publisher.stats();
-    for (s, batches) in [(&a, 104), (&b, 100), (&c, 96)] {
+    for (s, batches) in servers.iter().zip([104, 100, 96]) {
         assert_eq!(
             endpoint(&stats, &s.url()).acked_batches,
             batches,
@@ -113,8 +107,6 @@ async fn round_robin_goes_in_turns_of_consecutive_batches() {
         }
         assert_eq!(runs, expected, "{}", s.url());
     }
-    assert_eq!(stats.acked, 3000);
-    ledger.assert_each_ts_once(3000);
 }
 
 #[tokio::test]
