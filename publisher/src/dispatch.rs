@@ -210,10 +210,16 @@ impl Dispatcher {
                     limits: None,
                 });
             }
+            // Each publisher starts its round-robin at a random member, so gateways started
+            // together do not all send their first turns to the same worker.
+            let first = rand::random_range(0..indices.len().max(1));
             groups.push(Group {
                 mode: group.mode,
                 members: indices,
-                cursor: Cursor::default(),
+                cursor: Cursor {
+                    member: first,
+                    taken: 0,
+                },
                 pending: VecDeque::new(),
                 parked: Vec::new(),
             });

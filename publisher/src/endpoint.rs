@@ -301,7 +301,8 @@ pub(crate) struct Cursor {
 
 /// Chooses the member of a group to send the next batch to, or `None` to wait.
 ///
-/// - Round-robin, in turns of `turn` batches: the member whose turn it is (`cursor.member`) if it
+/// - Round-robin, in turns of `turn` batches (starting at a random member, see the dispatcher):
+///   the member whose turn it is (`cursor.member`) if it
 ///   is healthy and has room, else the next one that is, whose turn then begins; after `turn`
 ///   batches the turn passes to the next member. A turn keeps consecutive batches — which
 ///   usually hold neighbouring event times — on one worker, so fewer time buckets are written
