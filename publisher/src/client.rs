@@ -581,8 +581,8 @@ impl PublisherBuilder {
 
     /// Consecutive batches a round-robin group sends to one member before the next member's
     /// turn (default 8; 1 is plain round-robin), starting at a random member. A member that is
-    /// down or whose in-flight window is full ends its turn early, so turns never hold a batch
-    /// back.
+    /// down, whose in-flight window is full or that a re-sent batch avoids ends its turn early,
+    /// so turns never hold a batch back.
     ///
     /// Each worker writes its own partial aggregate (its shard's row) of every time bucket it
     /// received events for, so a bucket whose events were spread over two workers costs two

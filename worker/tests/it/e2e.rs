@@ -22,6 +22,8 @@ fn publisher(url_set: &str, catalog: &Catalog) -> Publisher {
     let mut b = Publisher::builder(url_set)
         .publisher_id("it-gateway")
         .batch_max_events(500)
+        // Every other batch to each worker: a worker killed mid-stream holds unacked batches.
+        .batches_per_turn(1)
         .ack_timeout(Duration::from_secs(2))
         .heartbeat_interval(Duration::from_millis(500))
         .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500));
