@@ -113,8 +113,8 @@ pub(crate) struct BenchConfig {
     pub(crate) seed: u64,
     pub(crate) batch_events: Option<u32>,
     pub(crate) in_flight: Option<usize>,
-    /// The publishers' `batches_per_turn` (the default when not given).
-    pub(crate) batches_per_turn: u64,
+    /// The publishers' `batches_per_turn`.
+    pub(crate) batches_per_turn: usize,
 }
 
 /// One end-to-end run (shardtally or wire).
@@ -578,9 +578,7 @@ async fn run_stages(
             seed: args.seed,
             batch_events: args.batch_events,
             in_flight: args.in_flight,
-            batches_per_turn: args.batches_per_turn.unwrap_or(
-                u64::try_from(shardtally_publisher::DEFAULT_BATCHES_PER_TURN).unwrap_or(u64::MAX),
-            ),
+            batches_per_turn: args.batches_per_turn,
         },
         ratios: Ratios {
             vs_naive: naive.as_ref().and_then(|n| ratio(n.events_per_sec)),

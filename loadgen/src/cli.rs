@@ -127,10 +127,14 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub(crate) in_flight: Option<usize>,
     /// Consecutive batches a publisher sends to one worker before the next one's turn (the
-    /// publisher's `batches_per_turn`; 1 is plain round-robin) [default: the publisher's
-    /// default, 8].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) batches_per_turn: Option<u64>,
+    /// publisher's `batches_per_turn`; 1 is plain round-robin).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = shardtally_publisher::DEFAULT_BATCHES_PER_TURN,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub(crate) batches_per_turn: usize,
     /// Publish at this many events per second in total (open model) instead of as fast as
     /// acks allow.
     #[arg(long, value_name = "N")]

@@ -339,19 +339,20 @@ pub(crate) fn pick(
             for step in 0..n {
                 let i = (cursor.member + step) % n;
                 if usable(i) && members[i].has_room {
-                    if i != cursor.member {
-                        *cursor = Cursor {
-                            member: i,
-                            taken: 0,
-                        };
-                    }
-                    cursor.taken += 1;
-                    if cursor.taken >= turn {
-                        *cursor = Cursor {
+                    // Out of turn (`i` is not the cursor's member), `i`'s own turn begins.
+                    let taken = if i == cursor.member {
+                        cursor.taken + 1
+                    } else {
+                        1
+                    };
+                    *cursor = if taken >= turn {
+                        Cursor {
                             member: (i + 1) % n,
                             taken: 0,
-                        };
-                    }
+                        }
+                    } else {
+                        Cursor { member: i, taken }
+                    };
                     return Some(i);
                 }
             }

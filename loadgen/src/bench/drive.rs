@@ -47,8 +47,8 @@ pub(crate) struct DriveOptions {
     pub(crate) batch_events: Option<u32>,
     /// `max_in_flight_per_connection`, if not the default.
     pub(crate) in_flight: Option<usize>,
-    /// `batches_per_turn`, if not the default.
-    pub(crate) batches_per_turn: Option<u64>,
+    /// `batches_per_turn`.
+    pub(crate) batches_per_turn: usize,
 }
 
 /// What a drive measured.
@@ -120,9 +120,7 @@ pub(crate) async fn drive(
         if let Some(n) = o.in_flight {
             builder = builder.max_in_flight_per_connection(n);
         }
-        if let Some(n) = o.batches_per_turn {
-            builder = builder.batches_per_turn(usize::try_from(n).unwrap_or(usize::MAX));
-        }
+        builder = builder.batches_per_turn(o.batches_per_turn);
         let publisher = builder.build()?;
         let reports = publisher
             .take_delivery_reports()
